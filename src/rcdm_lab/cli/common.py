@@ -1,0 +1,76 @@
+"""What every command-line entry point shares: where the configs are, and how user errors are reported."""
+
+from __future__ import annotations
+
+import contextlib
+import netrc
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from rcdm_lab.errors import RCDMError
+
+
+def _find_conf_dir() -> Path:
+    override = os.environ.get("RCDM_CONF_DIR")
+    if override:
+        return Path(override).resolve()
+    # src/rcdm_lab/cli/common.py -> repository root / conf (the project is installed editable, see Makefile).
+    return Path(__file__).resolve().parents[3] / "conf"
+
+
+CONF_DIR = _find_conf_dir()
+
+
+def _wandb_offline() -> bool:
+    """wandb runs offline unless the user has credentials, so a missing key never blocks training."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "online":
+        return False
+    with contextlib.suppress(Exception):
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return False
+    return True
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("rcdm_wandb_offline"):
+        OmegaConf.register_new_resolver("rcdm_wandb_offline", _wandb_offline)
+
+
+def user_error_in(error: BaseException) -> BaseException | None:
+    """The user-fixable error behind `error` (Hydra wraps errors raised while instantiating configs)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (RCDMError, MissingMandatoryValue)):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def report_user_errors() -> Iterator[None]:
+    """Print a user error as one line (no traceback) and exit with status 2; let real bugs raise."""
+    try:
+        yield
+    except Exception as error:
+        cause = user_error_in(error)
+        if cause is None:
+            raise
+        message = str(cause)
+        if isinstance(cause, MissingMandatoryValue):
+            message = f"a required setting has no value ({cause.full_key or message}); pass it as an override, " \
+                      f"e.g. {cause.full_key}=..."
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_conf_dir() -> None:
+    if not (CONF_DIR / "train.yaml").is_file():
+        print(f"error: config folder not found at {CONF_DIR}; install the project editable (make install) "
+              "or set RCDM_CONF_DIR=/path/to/rcdm_lab/conf", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,112 @@
+"""rcdm-train: fit an RCDM on a frozen encoder's representation (Hydra app over conf/train.yaml)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf
+
+from rcdm_lab.cli.common import CONF_DIR, check_conf_dir, register_resolvers, report_user_errors
+from rcdm_lab.errors import RCDMError
+from rcdm_lab.training.checkpoint_io import AtomicCheckpointIO
+from rcdm_lab.training.module import RCDMModule
+
+
+def encoder_spec(cfg: DictConfig) -> dict[str, Any]:
+    """The build_encoder keyword arguments in `cfg.encoder` (without Hydra and training-only keys)."""
+    spec = OmegaConf.to_container(cfg.encoder, resolve=True)
+    return {k: v for k, v in spec.items() if k not in ("_target_", "standardize")}
+
+
+def build(cfg: DictConfig) -> tuple[RCDMModule, L.LightningDataModule, L.Trainer]:
+    """Everything `trainer.fit` needs, built from the composed config."""
+    from rcdm_lab.encoders import build_encoder
+
+    spec = encoder_spec(cfg)
+    encoder = build_encoder(**spec)
+    datamodule = instantiate(cfg.data)
+    datamodule.attach_encoder(encoder)
+    diffusion = {k: v for k, v in OmegaConf.to_container(cfg.diffusion, resolve=True).items() if k != "_target_"}
+    unet = instantiate(
+        cfg.model.unet,
+        image_size=cfg.resolution,
+        ssl_dim=encoder.dim,
+        out_channels=6 if diffusion.get("learn_sigma", True) else 3,
+        learn_null_cond=cfg.model.cond_drop > 0,
+        _convert_="all",
+    )
+    module = RCDMModule(
+        unet=unet,
+        diffusion=diffusion,
+        encoder=encoder,
+        encoder_spec=spec,
+        optimizer=instantiate(cfg.model.optimizer),
+        ema_decay=cfg.model.ema_decay,
+        cond_drop=cfg.model.cond_drop,
+        standardize=cfg.encoder.get("standardize", False),
+        vlb_weight=cfg.model.vlb_weight,
+        resolution=cfg.resolution,
+    )
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()],
+                          default_root_dir=cfg.output_dir)
+    return module, datamodule, trainer
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """Which checkpoint to resume from, refusing to silently overwrite an existing run."""
+    last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+    is_launcher = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    if cfg.ckpt_path is None:
+        if last.exists() and is_launcher:
+            raise RCDMError(f"{cfg.output_dir} already holds a run ({last}). Resume it with ckpt_path=last, "
+                            "or start another one with name=<new name>")
+        return None
+    if cfg.ckpt_path == "last":
+        if not last.exists():
+            rank_zero_info(f"ckpt_path=last: no checkpoint in {last.parent} yet, starting from scratch")
+            return None
+        return str(last)
+    if not Path(cfg.ckpt_path).is_file():
+        raise RCDMError(f"ckpt_path={cfg.ckpt_path} does not exist; use ckpt_path=last to resume this run")
+    return str(cfg.ckpt_path)
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train (or resume) and return the path of the final checkpoint."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision("high")
+    ckpt_path = resolve_ckpt_path(cfg)
+    module, datamodule, trainer = build(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+    rank_zero_info(f"rcdm-train: checkpoint {last} (step {trainer.global_step}); "
+                   f"sample with: rcdm-sample ckpt={last} images=PATH")
+    return last
+
+
+register_resolvers()
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def _app(cfg: DictConfig) -> None:
+    with report_user_errors():
+        train(cfg)
+
+
+def main() -> None:
+    check_conf_dir()
+    _app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

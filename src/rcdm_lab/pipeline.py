@@ -1,0 +1,192 @@
+"""Inference: images -> representations -> samples, for a trained (or released) RCDM.
+
+Every experiment is "make some representations h, sample from them, arrange and measure"; this is the shared
+"encode" and "sample" part. Build one with `RCDMPipeline.from_checkpoint(path)` (rcdm-train checkpoints) or
+`RCDMPipeline.from_official(path, encoder=...)` (the released facebookresearch/RCDM weights).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rcdm_lab.diffusion import build_diffusion, classifier_free, sample
+from rcdm_lab.diffusion.gaussian import GaussianDiffusion
+from rcdm_lab.errors import RCDMError
+
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+@dataclass
+class RCDMPipeline:
+    unet: nn.Module
+    diffusion: GaussianDiffusion
+    encoder: nn.Module | None
+    rep_mean: torch.Tensor | None = None
+    rep_std: torch.Tensor | None = None
+    resolution: int = 32
+
+    # ------------------------------------------------------------------------------------------ building
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        encoder: nn.Module | None = None,
+        encoder_weights: str | None = None,
+    ) -> RCDMPipeline:
+        """Rebuild UNet (EMA weights), diffusion and encoder from an rcdm-train checkpoint.
+
+        The encoder is rebuilt from the checkpoint's recorded spec (or `encoder_weights` replaces the recorded
+        weights source, e.g. a local file when the run used a path on another machine) and must have the same
+        weights digest as the one the model was trained with.
+        """
+        from rcdm_lab.encoders import build_encoder
+        from rcdm_lab.models import UNetModel
+
+        checkpoint = load_checkpoint_file(path)
+        meta = checkpoint.get("rcdm")
+        if meta is None:
+            raise RCDMError(f"{path} is not an rcdm-train checkpoint (no 'rcdm' metadata). "
+                            f"For a released RCDM model use ckpt=official:{path}")
+        if meta.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
+            raise RCDMError(f"{path} was written by a newer rcdm_lab (format {meta['format_version']}); "
+                            "upgrade rcdm_lab")
+        unet = UNetModel(**meta["unet"])
+        state = checkpoint["state_dict"]
+        ema_state = {k.removeprefix("ema.module."): v for k, v in state.items() if k.startswith("ema.module.")}
+        unet.load_state_dict(ema_state, strict=True)
+        if encoder is None:
+            spec = {k: v for k, v in meta["encoder"].items() if k != "identity"}
+            if encoder_weights is not None:
+                spec["weights"] = encoder_weights
+            encoder = build_encoder(**spec)
+        mismatch = describe_encoder_mismatch(meta["encoder"]["identity"], encoder.identity())
+        if mismatch:
+            raise RCDMError(f"{path} was trained on another representation than the encoder built for it "
+                            f"({mismatch}). Pass the weights it was trained with: encoder_weights=PATH")
+        pipeline = cls(
+            unet=unet,
+            diffusion=build_diffusion(**meta["diffusion"]),
+            encoder=encoder,
+            rep_mean=state["rep_mean"] if meta["standardize"] else None,
+            rep_std=state["rep_std"] if meta["standardize"] else None,
+            resolution=meta["resolution"],
+        )
+        return pipeline.to(device)
+
+    @classmethod
+    def from_official(
+        cls,
+        path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor],
+        encoder: nn.Module,
+        flags: Mapping[str, Any] | str | None = None,
+        device: str | torch.device = "cpu",
+    ) -> RCDMPipeline:
+        """A released facebookresearch/RCDM checkpoint (UNet weights only) with the encoder it was trained on."""
+        from rcdm_lab.models import OFFICIAL_128_FLAGS, load_official_unet
+
+        flags = OFFICIAL_128_FLAGS if flags is None else flags
+        unet = load_official_unet(path_or_state_dict, flags)
+        if unet.config["ssl_dim"] != encoder.dim:
+            raise RCDMError(f"the checkpoint expects a {unet.config['ssl_dim']}-d representation but the encoder "
+                            f"gives {encoder.dim}-d; pick the encoder/layer the checkpoint was trained on")
+        diffusion = build_diffusion(schedule="linear", num_timesteps=1000, learn_sigma=unet.config["out_channels"] == 6)
+        return cls(unet=unet, diffusion=diffusion, encoder=encoder, resolution=unet.config["image_size"]).to(device)
+
+    def to(self, device: str | torch.device) -> RCDMPipeline:
+        self.unet.to(device).eval()
+        if self.encoder is not None:
+            self.encoder.to(device)
+        if self.rep_mean is not None:
+            self.rep_mean, self.rep_std = self.rep_mean.to(device), self.rep_std.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def supports_guidance(self) -> bool:
+        return bool(getattr(self.unet, "learn_null_cond", False))
+
+    # ------------------------------------------------------------------------------------------ using
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Representations (N, D) of images in [0, 1] (N, 3, H, W), any size."""
+        if self.encoder is None:
+            raise RCDMError("this pipeline has no encoder; build it with one to encode images")
+        chunks = [self.encoder(images[i:i + batch_size].to(self.device)) for i in range(0, len(images), batch_size)]
+        return torch.cat(chunks)
+
+    def condition(self, h: torch.Tensor) -> torch.Tensor:
+        """What the UNet is fed for representation h (standardised if the model was trained that way)."""
+        if self.rep_mean is None:
+            return h
+        return (h - self.rep_mean) / self.rep_std
+
+    @torch.no_grad()
+    def sample(
+        self,
+        h: torch.Tensor,
+        num_per_condition: int = 1,
+        *,
+        sampler: str = "ddpm",
+        steps: int | str = 100,
+        guidance: float = 1.0,
+        eta: float = 0.0,
+        seed: int = 0,
+        noise: torch.Tensor | None = None,
+        batch_size: int = 64,
+        autocast: bool = False,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Samples in [-1, 1], shape (N * num_per_condition, 3, R, R), grouped by conditioning (row-major).
+
+        `noise` (optional, (N * num_per_condition, 3, R, R)) fixes x_T, e.g. to share noise along an interpolation
+        path. Otherwise x_T comes from `seed`, so the same seed gives the same samples.
+        """
+        if guidance != 1.0 and not self.supports_guidance:
+            raise RCDMError(f"guidance={guidance} needs a model trained with condition dropout (model.cond_drop > 0, "
+                            "e.g. 0.15); this one was not. Use guidance=1")
+        feat = self.condition(h.to(self.device).float()).repeat_interleave(num_per_condition, dim=0)
+        shape = (len(feat), 3, self.resolution, self.resolution)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=self.device)
+        denoiser = classifier_free(self.unet, guidance)
+        out = []
+        for start in range(0, len(feat), batch_size):
+            stop = start + batch_size
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+                out.append(sample(
+                    self.diffusion, denoiser, (min(stop, len(feat)) - start, *shape[1:]),
+                    sampler=sampler, steps=steps, eta=eta, generator=generator,
+                    noise=noise[start:stop].to(self.device), progress=progress, feat=feat[start:stop],
+                ).float())
+        return torch.cat(out)
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RCDMError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated or foreign file: say which, not a pickle traceback
+        raise RCDMError(f"could not read checkpoint {path} ({type(error).__name__}: {error}); is it complete? "
+                        "(rcdm-train writes checkpoints atomically; a .tmp file is a leftover)") from None
+
+
+def describe_encoder_mismatch(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> str:
+    """'' when two encoder identities produce the same representation, else what differs, for an error message."""
+    keys = ("name", "layer", "weights_digest", "input_norm", "input_size", "dim")
+    diffs = [f"{k}: checkpoint {expected.get(k)!r} vs now {actual.get(k)!r}" for k in keys
+             if expected.get(k) != actual.get(k)]
+    return "; ".join(diffs)

@@ -1,0 +1,59 @@
+"""Training callbacks: look at samples while the model trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from rcdm_lab.viz.grid import conditioning_grid, save_png
+
+
+class SampleGridCallback(L.Callback):
+    """Every `every_n_steps` (and at the end), sample from the EMA model for a few fixed validation images.
+
+    Writes `<output_dir>/samples/step_XXXXXXX.png` (first column: the conditioning image) and logs it to wandb when
+    that is the logger. The conditionings and the noise are the same each time, so grids are comparable over steps.
+    """
+
+    def __init__(self, every_n_steps: int = 1000, num_conditionings: int = 8, samples_per_conditioning: int = 4,
+                 sampler: str = "ddim", steps: int | str = 25, guidance: float = 1.0, seed: int = 0,
+                 output_dir: str | None = None) -> None:
+        self.every_n_steps = every_n_steps
+        self.num_conditionings = num_conditionings
+        self.samples_per_conditioning = samples_per_conditioning
+        self.sampler, self.steps, self.guidance, self.seed = sampler, steps, guidance, seed
+        self.output_dir = output_dir
+        self._items: dict | None = None
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0:
+            self.write_grid(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step != self._last_step:
+            self.write_grid(trainer, pl_module)
+
+    @rank_zero_only
+    def write_grid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
+        self._last_step = trainer.global_step
+        if self._items is None:
+            self._items = trainer.datamodule.val_items(self.num_conditionings)
+        pipeline = pl_module.pipeline()
+        guidance = self.guidance if pipeline.supports_guidance else 1.0
+        was_training = pipeline.unet.training
+        pipeline.unet.eval()  # Lightning keeps the whole module (the EMA copy too) in train mode: no dropout here
+        samples = pipeline.sample(self._items["h"], self.samples_per_conditioning, sampler=self.sampler,
+                                  steps=self.steps, guidance=guidance, seed=self.seed)
+        pipeline.unet.train(was_training)
+        grid = conditioning_grid(self._items["image"], samples)
+        folder = Path(self.output_dir or trainer.default_root_dir) / "samples"
+        path = save_png(grid, folder / f"step_{trainer.global_step:07d}.png", upscale=2)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("samples", [str(path)], step=trainer.global_step)
+        return path

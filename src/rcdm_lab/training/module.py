@@ -1,0 +1,193 @@
+"""The LightningModule: wires a UNet, a Gaussian diffusion and a frozen encoder together, and nothing more.
+
+`training_step` draws t and noise, asks the UNet for eps (and the variance) and hands both to the diffusion's hybrid
+loss. Sampling lives in `rcdm_lab.diffusion.samplers` behind `RCDMPipeline`; preview grids live in a callback.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from rcdm_lab.diffusion import build_diffusion
+from rcdm_lab.errors import RCDMError
+from rcdm_lab.pipeline import CHECKPOINT_FORMAT_VERSION, RCDMPipeline, describe_encoder_mismatch
+from rcdm_lab.training.ema import make_ema
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class RCDMModule(L.LightningModule):
+    """RCDM training: learn p(x | h) with h = encoder(x) from a frozen encoder.
+
+    Args:
+        unet: the denoiser, called as ``unet(x_t, t, feat=h, drop_cond=mask)``.
+        diffusion: keyword arguments of :func:`rcdm_lab.diffusion.build_diffusion` (kept so checkpoints rebuild it).
+        encoder: the frozen encoder; part of the module (it moves with it, it can encode on the fly) but never of
+            the optimizer or of the checkpoint's weights -- a checkpoint records which encoder it needs instead.
+        encoder_spec: the keyword arguments that rebuild `encoder` (name, layer, weights, input_size, input_norm).
+        optimizer: a partial optimizer (e.g. AdamW) to call on the UNet's parameters.
+        ema_decay: rate of the EMA copy of the UNet used for sampling.
+        cond_drop: probability of replacing h by the UNet's learned null vector (classifier-free guidance).
+        standardize: feed the UNet (h - mean) / std with per-dimension training-set statistics.
+        vlb_weight: lambda of IDDPM's hybrid loss.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        diffusion: dict[str, Any],
+        encoder: nn.Module,
+        encoder_spec: dict[str, Any],
+        optimizer: OptimizerFactory,
+        ema_decay: float = 0.9999,
+        cond_drop: float = 0.0,
+        standardize: bool = False,
+        vlb_weight: float = 0.001,
+        resolution: int | None = None,
+    ) -> None:
+        super().__init__()
+        if cond_drop > 0 and not getattr(unet, "learn_null_cond", False):
+            raise RCDMError("model.cond_drop > 0 needs a UNet built with learn_null_cond=True (rcdm-train does this)")
+        self.unet = unet
+        self.ema = make_ema(unet, ema_decay)
+        self.diffusion_config = dict(diffusion)
+        self.diffusion = build_diffusion(**self.diffusion_config)
+        self.encoder = encoder
+        self.encoder_spec = dict(encoder_spec)
+        self.optimizer_factory = optimizer
+        self.cond_drop = cond_drop
+        self.standardize = standardize
+        self.vlb_weight = vlb_weight
+        self.resolution = resolution or unet.config["image_size"]
+        dim = encoder.dim
+        # Statistics of h over the training set; identity until fitted. Saved with the checkpoint so sampling
+        # standardises exactly as training did.
+        self.register_buffer("rep_mean", torch.zeros(dim))
+        self.register_buffer("rep_std", torch.ones(dim))
+        self.register_buffer("rep_stats_fitted", torch.tensor(False))
+        # The encoder's weights are not this model's weights: keep them out of checkpoints and don't expect them
+        # back when loading one (the encoder is rebuilt from `encoder_spec` and checked by its weights digest).
+        self.register_state_dict_post_hook(_drop_encoder_entries)
+        self.register_load_state_dict_post_hook(_forgive_missing_encoder_entries)
+        self.save_hyperparameters(
+            {"diffusion": self.diffusion_config, "encoder": self.encoder_spec, "unet": unet.config,
+             "ema_decay": ema_decay, "cond_drop": cond_drop, "standardize": standardize, "vlb_weight": vlb_weight}
+        )
+
+    # ----------------------------------------------------------------------------------------------- training
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.standardize and not bool(self.rep_stats_fitted):
+            mean, std = self.trainer.datamodule.representation_stats()
+            self.set_representation_stats(mean, std)
+
+    def set_representation_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        # A dimension that never varies carries no information; dividing by ~0 would only amplify noise.
+        self.rep_mean.copy_(mean)
+        self.rep_std.copy_(std.clamp_min(1e-6 * float(std.max().clamp_min(1e-12))))
+        self.rep_stats_fitted.fill_(True)
+
+    def condition(self, h: torch.Tensor) -> torch.Tensor:
+        """What the UNet is fed for a representation h."""
+        return (h - self.rep_mean) / self.rep_std if self.standardize else h
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        x0, feat = batch["x0"], self.condition(batch["h"])
+        batch_size = x0.shape[0]
+        t = torch.randint(0, self.diffusion.num_timesteps, (batch_size,), device=x0.device)
+        noise = torch.randn_like(x0)
+        x_t = self.diffusion.q_sample(x0, t, noise)
+        drop = torch.rand(batch_size, device=x0.device) < self.cond_drop if self.cond_drop > 0 else None
+        output = self.unet(x_t, t, feat=feat, drop_cond=drop)
+        losses = self.diffusion.training_losses(output, x0, x_t, t, noise, vlb_weight=self.vlb_weight)
+        loss = losses["loss"].mean()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/mse", losses["mse"].mean())
+        self.log("train/vlb", losses["vlb"].mean())
+        self._log_loss_per_quarter(losses["loss"].detach(), t)
+        return loss
+
+    def _log_loss_per_quarter(self, loss: torch.Tensor, t: torch.Tensor) -> None:
+        # Where in the chain the model struggles: q0 = the last, fine-detail steps, q3 = the first, noisiest ones.
+        quarter = (t * 4) // self.diffusion.num_timesteps
+        for q in range(4):
+            in_quarter = quarter == q
+            if in_quarter.any():
+                self.log(f"train/loss_q{q}", loss[in_quarter].mean())
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.ema.update_parameters(self.unet)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.unet.parameters())
+
+    # ------------------------------------------------------------------------------------------- inference
+    def pipeline(self) -> RCDMPipeline:
+        """Sampling with the EMA weights, sharing this module's tensors (no copy)."""
+        return RCDMPipeline(
+            unet=self.ema.module,
+            diffusion=self.diffusion,
+            encoder=self.encoder,
+            rep_mean=self.rep_mean if self.standardize else None,
+            rep_std=self.rep_std if self.standardize else None,
+            resolution=self.resolution,
+        )
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def describe(self) -> dict[str, Any]:
+        """Everything needed to rebuild this model for sampling, stored in each checkpoint under "rcdm"."""
+        return {
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "unet": self.unet.config,
+            "diffusion": self.diffusion_config,
+            "encoder": {**self.encoder_spec, "identity": self.encoder.identity()},
+            "standardize": self.standardize,
+            "cond_drop": self.cond_drop,
+            "resolution": self.resolution,
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rcdm"] = self.describe()
+        # Exact resumption: the next t, noise and condition-dropout draws continue where they left off.
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("rcdm")
+        if saved is None:
+            raise RCDMError("this checkpoint was not written by rcdm-train (no 'rcdm' metadata); "
+                            "to sample from a released RCDM model use rcdm-sample ckpt=official:PATH")
+        mismatch = describe_encoder_mismatch(saved["encoder"]["identity"], self.encoder.identity())
+        if mismatch:
+            raise RCDMError(f"cannot resume: the checkpoint was trained on a different representation ({mismatch}). "
+                            "Resume with the same encoder/layer overrides as the original run, or start a new run "
+                            "with another name=...")
+        if saved["unet"] != self.unet.config:
+            changed = sorted(k for k in set(saved["unet"]) | set(self.unet.config)
+                             if saved["unet"].get(k) != self.unet.config.get(k))
+            raise RCDMError(f"cannot resume: the UNet configuration differs from the checkpoint's in {changed}; "
+                            "resume with the original model/resolution overrides")
+        states = checkpoint.get("rng_states")
+        if states is not None:
+            torch.set_rng_state(states["torch"])
+            np.random.set_state(states["numpy"])
+            random.setstate(states["python"])
+
+
+def _drop_encoder_entries(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "encoder.")]:
+        del state_dict[key]
+
+
+def _forgive_missing_encoder_entries(module: nn.Module, incompatible_keys: Any) -> None:
+    missing = incompatible_keys.missing_keys
+    missing[:] = [k for k in missing if not k.startswith("encoder.")]
