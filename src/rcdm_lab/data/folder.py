@@ -1,0 +1,258 @@
+"""Any directory of images (class subfolders optional), decoded robustly to RGB."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from rcdm_lab.errors import RCDMError
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+)
+# Bump whenever decoding changes pixels: it is part of the fingerprint, so stale caches get rebuilt.
+DECODER_VERSION = 1
+_SPLITS = ("train", "val", "all")
+# Below this many files the decode scan is quick enough not to deserve a progress bar.
+_PROGRESS_BAR_MIN_FILES = 500
+_WARN_EXAMPLES = 3
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def list_images(path: str | Path) -> list[Path]:
+    """A file -> [file]; a folder -> its images, recursively, sorted by relative path (hidden skipped)."""
+    path = Path(path)
+    if path.is_file():
+        if not _is_image_name(path):
+            raise RCDMError(f"{path} is not an image: accepted extensions are {', '.join(IMAGE_EXTENSIONS)}")
+        return [path]
+    if not path.is_dir():
+        raise RCDMError(f"image folder {path} does not exist: check the path")
+    found = []
+    for folder, subfolders, files in os.walk(path, followlinks=True):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        found.extend(Path(folder) / name for name in files if _is_image_name(Path(name)))
+    if not found:
+        raise RCDMError(f"no images found in {path}: add images with extension {', '.join(IMAGE_EXTENSIONS)}")
+    return sorted(found, key=lambda p: p.relative_to(path).as_posix())
+
+
+def _sixteen_bit_to_8bit(image: Image.Image) -> Image.Image:
+    """Scale 16-bit grey levels to 8 bits (Pillow's own convert would clip everything above 255 to white)."""
+    values = np.asarray(image, dtype=np.float64)
+    # Mode "I" is 32-bit and ambiguous; values beyond 8 bits can only come from a 16-bit source.
+    is_sixteen_bit = image.mode.startswith("I;16") or values.max(initial=0) > 255
+    scaled = values / 257.0 if is_sixteen_bit else values
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+
+
+def _float_to_8bit(image: Image.Image) -> Image.Image:
+    values = np.asarray(image, dtype=np.float64)
+    peak = values.max(initial=0)
+    scale = 255.0 if peak <= 1.0 else (1.0 if peak <= 255 else 255.0 / 65535.0)
+    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), mode="L")
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB: 16-bit/float scaled (not clipped), transparency composited on white, CMYK/palette mapped."""
+    if image.mode.startswith("I"):
+        image = _sixteen_bit_to_8bit(image)
+    elif image.mode == "F":
+        image = _float_to_8bit(image)
+    if _has_alpha(image):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _decode(path: Path, min_size: int | None = None) -> Image.Image:
+    """Fully decode `path` to upright 8-bit RGB; raises whatever Pillow raises on a bad file."""
+    with Image.open(path) as image:
+        if min_size is not None:
+            # JPEG can decode at 1/2, 1/4, 1/8 scale for free; draft keeps both sides >= min_size.
+            image.draft(image.mode, (min_size, min_size))
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+        return to_rgb(upright)
+
+
+def to_tensor(image: Image.Image) -> Tensor:
+    """8-bit RGB PIL image -> (3, H, W) float32 in [0, 1]."""
+    # numpy, not torch: per-item torch ops spread over threads and crawl when the CPU is shared.
+    pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+    return torch.from_numpy(np.ascontiguousarray(pixels))
+
+
+def load_image(path: str | Path) -> Tensor:
+    """(3, H, W) float in [0, 1] at native size, with the same conversions as FolderDataset."""
+    path = Path(path)
+    try:
+        return to_tensor(_decode(path))
+    except Exception as error:  # any decoder failure means the file is unusable
+        raise RCDMError(f"cannot read image {path} ({error}): replace or remove the file") from error
+
+
+def resize_and_centre_crop(image: Image.Image, size: int) -> Image.Image:
+    """Resize so the shorter side is `size` (antialiased), then crop the central size x size square."""
+    width, height = image.size
+    if (width, height) == (size, size):
+        return image
+    scale = size / min(width, height)
+    new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
+    image = image.resize((new_width, new_height), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    left, top = (new_width - size) // 2, (new_height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def _split_position(relative_path: str) -> float:
+    """A stable number in [0, 1) per file: the split never moves a file when others are added."""
+    digest = hashlib.sha1(relative_path.encode("utf-8")).hexdigest()
+    return int(digest[:12], 16) / float(16**12)
+
+
+def _assign_split(relative_paths: list[str], val_fraction: float) -> list[str]:
+    positions = [_split_position(p) for p in relative_paths]
+    splits = ["val" if q < val_fraction else "train" for q in positions]
+    if val_fraction > 0 and "val" not in splits and len(splits) >= 2:
+        # A tiny folder would otherwise get no validation image at all.
+        splits[int(np.argmin(positions))] = "val"
+    return splits
+
+
+def _readable(path: Path, size: int) -> str | None:
+    """None when the file decodes, else the reason it does not."""
+    try:
+        _decode(path, size)
+    except Exception as error:  # any decoder failure means the file is unusable
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _scan(paths: list[Path], size: int, description: str) -> list[str | None]:
+    # Decoding releases the GIL, so threads give a real speed-up on big folders.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = pool.map(lambda p: _readable(p, size), paths)
+        bar = tqdm(results, total=len(paths), desc=description, disable=len(paths) < _PROGRESS_BAR_MIN_FILES)
+        return list(bar)
+
+
+class FolderDataset(Dataset):
+    """Images under `root`; items are {"image": (3, S, S) in [0, 1], "labels": {"class": LongTensor}}.
+
+    The class is the index of the file's top-level subfolder in `classes` (files directly in root: "").
+    """
+
+    factor_names: tuple[str, ...] = ("class",)
+    factor_kinds: dict[str, str] = {"class": "class"}
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        image_size: int = 64,
+        val_fraction: float = 0.1,
+    ) -> None:
+        if split not in _SPLITS:
+            raise RCDMError(f"folder dataset split must be one of {list(_SPLITS)}, got {split!r}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise RCDMError(f"data.dataset.val_fraction must be in [0, 1), got {val_fraction}")
+        self.root = Path(root).expanduser()
+        self.split = split
+        self.image_size = int(image_size)
+        self.val_fraction = float(val_fraction)
+
+        all_paths = list_images(self.root)
+        relative = [p.relative_to(self.root).as_posix() for p in all_paths]
+        top_levels = [r.split("/")[0] if "/" in r else "" for r in relative]
+        self.classes: list[str] = sorted(set(top_levels))
+        splits = _assign_split(relative, self.val_fraction) if split != "all" else [split] * len(relative)
+        chosen = [i for i, s in enumerate(splits) if s == split]
+
+        failures = _scan([all_paths[i] for i in chosen], self.image_size, f"checking images ({split})")
+        bad = [(relative[i], why) for i, why in zip(chosen, failures, strict=True) if why is not None]
+        if bad:
+            examples = ", ".join(f"{name} ({why})" for name, why in bad[:_WARN_EXAMPLES])
+            more = f" and {len(bad) - _WARN_EXAMPLES} more" if len(bad) > _WARN_EXAMPLES else ""
+            warnings.warn(
+                f"skipped {len(bad)} unreadable image file(s) in {self.root}: {examples}{more}",
+                stacklevel=2,
+            )
+        kept = [i for i, why in zip(chosen, failures, strict=True) if why is None]
+        if not kept:
+            raise RCDMError(
+                f"no readable {split} images in {self.root} ({len(all_paths)} files found, val_fraction="
+                f"{self.val_fraction}): add readable images ({', '.join(IMAGE_EXTENSIONS)}) "
+                "or change data.dataset.val_fraction"
+            )
+        self.paths: list[Path] = [all_paths[i] for i in kept]
+        self.relative_paths: list[str] = [relative[i] for i in kept]
+        self.targets: list[int] = [self.classes.index(top_levels[i]) for i in kept]
+        self._fingerprint: str | None = None  # computed once: it stats every file
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def labels(self, index: int) -> dict[str, Tensor]:
+        return {"class": torch.tensor(self.targets[index], dtype=torch.long)}
+
+    def num_classes(self, factor: str = "class") -> int:
+        if factor != "class":
+            raise KeyError(f"folder datasets have only the 'class' factor, not {factor!r}")
+        return len(self.classes)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index]
+        try:
+            image = _decode(path, self.image_size)
+        except Exception as error:  # the file changed since the scan at construction
+            message = f"cannot read image {path} ({error}): it changed after the dataset was built"
+            raise RCDMError(message) from error
+        image = resize_and_centre_crop(image, self.image_size)
+        return {"image": to_tensor(image), "labels": self.labels(index)}
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = self._compute_fingerprint()
+        return self._fingerprint
+
+    def _compute_fingerprint(self) -> str:
+        files = []
+        for path, relative in zip(self.paths, self.relative_paths, strict=True):
+            stat = path.stat()
+            files.append((relative, stat.st_size, stat.st_mtime_ns))
+        recipe = {
+            "dataset": "folder",
+            "decoder_version": DECODER_VERSION,
+            "split": self.split,
+            "image_size": self.image_size,
+            "files": files,
+        }
+        return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]
