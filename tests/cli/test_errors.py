@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import compose_train, run_cli, tiny_overrides
 from rcdm_lab.cli.train import train
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.pipeline import RCDMPipeline
+from rcdm_testing import compose_train, run_cli, tiny_overrides
 
 
 def _assert_clean_error(result, *fragments: str, code: int = 2) -> None:
@@ -54,7 +54,7 @@ def test_empty_image_folder(tmp_path):
 
 
 def test_folder_without_root_names_the_override(tmp_path):
-    result = run_cli("rcdm-train", *tiny_overrides(tmp_path), "data=folder", f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_cli("rcdm-train", *tiny_overrides(tmp_path, "data=folder"), f"hydra.run.dir={tmp_path / 'run'}")
     _assert_clean_error(result, "data.dataset.root")
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli, tiny_overrides
 from rcdm_lab.pipeline import load_checkpoint_file
+from rcdm_testing import run_cli, tiny_overrides
 
 pytestmark = pytest.mark.slow
 

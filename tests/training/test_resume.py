@@ -10,10 +10,10 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, compose_train, tiny_overrides
 from rcdm_lab.cli.train import train
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.pipeline import load_checkpoint_file
+from rcdm_testing import REPO, compose_train, tiny_overrides
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from rcdm_lab.errors import RCDMError
@@ -67,6 +67,30 @@ def report_user_errors() -> Iterator[None]:
                       f"e.g. {cause.full_key}=..."
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def require_values(cfg: DictConfig) -> None:
+    """Refuse a config with `???` settings left, naming each one (Hydra would drop them from partials silently)."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        examples = " ".join(f"{key}=..." for key in missing)
+        raise RCDMError(f"required setting(s) without a value: {', '.join(missing)}; "
+                        f"pass them as overrides: {examples}")
+
+
+def spell_resolution_choices(argv: list[str]) -> list[str]:
+    """`resolution=64` (or a sweep `resolution=32,64`) -> the group option names `64px` (`32px,64px`).
+
+    Hydra only accepts strings as config-group choices and parses `64` as an integer, so the natural spelling
+    would otherwise fail with an error about types rather than resolutions.
+    """
+    spelled = []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key == "resolution" and value and all(part.isdigit() for part in value.split(",")):
+            arg = "resolution=" + ",".join(f"{part}px" for part in value.split(","))
+        spelled.append(arg)
+    return spelled
 
 
 def check_conf_dir() -> None:

@@ -17,9 +17,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from rcdm_lab.cli.common import CONF_DIR, check_conf_dir, register_resolvers, report_user_errors
+from rcdm_lab.cli.common import (
+    CONF_DIR,
+    check_conf_dir,
+    register_resolvers,
+    report_user_errors,
+    spell_resolution_choices,
+)
 from rcdm_lab.cli.train import train
-from rcdm_lab.data.transforms import center_square
+from rcdm_lab.encoders.frozen import resize_and_center_crop
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.metrics.faithfulness import nearest_conditioning_accuracy
 from rcdm_lab.pipeline import RCDMPipeline
@@ -37,7 +43,7 @@ def bundled_photos(names: list[str]) -> torch.Tensor:
     for name in names:
         array = torch.from_numpy(getattr(skimage.data, name)()).float() / 255
         array = array.unsqueeze(-1).expand(*array.shape, 3) if array.dim() == 2 else array[..., :3]
-        photos.append(center_square(array.permute(2, 0, 1), 224))
+        photos.append(resize_and_center_crop(array.permute(2, 0, 1)[None], 224)[0])
     return torch.stack(photos)
 
 
@@ -64,7 +70,7 @@ def evaluate(cfg: DictConfig, ckpt: Path) -> dict:
     photos = bundled_photos(list(demo.photos))
     photo_samples = pipeline.sample(pipeline.encode(photos), k, sampler=demo.sampler, steps=demo.steps,
                                     guidance=float(demo.guidance), seed=cfg.seed)
-    rows = torch.cat([center_square(held_out["image"], 224), photos])
+    rows = torch.cat([resize_and_center_crop(held_out["image"], 224), photos])
     grid = conditioning_grid(rows, torch.cat([guided, photo_samples]))
     path = save_png(grid, Path(cfg.output_dir) / "samples.png", upscale=3)
     results["samples_png"] = str(path)
@@ -96,6 +102,7 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     check_conf_dir()
+    sys.argv[1:] = spell_resolution_choices(sys.argv[1:])
     _app()
 
 

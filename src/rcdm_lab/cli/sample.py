@@ -11,9 +11,9 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rcdm_lab.cli.common import CONF_DIR, check_conf_dir, register_resolvers, report_user_errors
+from rcdm_lab.cli.common import CONF_DIR, check_conf_dir, register_resolvers, report_user_errors, require_values
 from rcdm_lab.data.folder import list_images, load_image
-from rcdm_lab.data.transforms import center_square
+from rcdm_lab.encoders.frozen import resize_and_center_crop
 from rcdm_lab.pipeline import RCDMPipeline
 from rcdm_lab.viz.grid import conditioning_grid, save_png
 
@@ -37,11 +37,13 @@ def load_pipeline(cfg: DictConfig, device: torch.device) -> RCDMPipeline:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    require_values(cfg)
     device = pick_device(cfg.device)
     pipeline = load_pipeline(cfg, device)
     paths = list_images(cfg.images)
     # Each image is squared at the encoder's input size exactly as the encoder would, so any mix of sizes batches.
-    encoder_inputs = torch.stack([center_square(load_image(p), pipeline.encoder.input_size) for p in paths])
+    size = pipeline.encoder.input_size
+    encoder_inputs = torch.cat([resize_and_center_crop(load_image(p)[None], size) for p in paths])
     reps = pipeline.encode(encoder_inputs)
     samples = pipeline.sample(reps, cfg.n, sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance,
                               eta=cfg.eta, seed=cfg.seed, batch_size=cfg.batch_size, autocast=cfg.autocast,

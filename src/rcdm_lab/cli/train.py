@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from rcdm_lab.cli.common import CONF_DIR, check_conf_dir, register_resolvers, report_user_errors
+from rcdm_lab.cli.common import (
+    CONF_DIR,
+    check_conf_dir,
+    register_resolvers,
+    report_user_errors,
+    require_values,
+    spell_resolution_choices,
+)
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.training.checkpoint_io import AtomicCheckpointIO
 from rcdm_lab.training.module import RCDMModule
@@ -28,8 +36,11 @@ def encoder_spec(cfg: DictConfig) -> dict[str, Any]:
 
 def build(cfg: DictConfig) -> tuple[RCDMModule, L.LightningDataModule, L.Trainer]:
     """Everything `trainer.fit` needs, built from the composed config."""
+    # The frozen encoder is in eval mode on purpose (its BatchNorm statistics must never move).
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     from rcdm_lab.encoders import build_encoder
 
+    require_values(cfg)
     spec = encoder_spec(cfg)
     encoder = build_encoder(**spec)
     datamodule = instantiate(cfg.data)
@@ -105,6 +116,7 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     check_conf_dir()
+    sys.argv[1:] = spell_resolution_choices(sys.argv[1:])
     _app()
 
 

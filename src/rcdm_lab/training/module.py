@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from rcdm_lab.diffusion import build_diffusion
 from rcdm_lab.errors import RCDMError
@@ -97,21 +97,31 @@ class RCDMModule(L.LightningModule):
         """What the UNet is fed for a representation h."""
         return (h - self.rep_mean) / self.rep_std if self.standardize else h
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def diffusion_losses(self, batch: dict[str, Any], cond_drop: float = 0.0) -> tuple[dict[str, Tensor], Tensor]:
+        """Per-example hybrid losses at a random t for each image, and those t."""
         x0, feat = batch["x0"], self.condition(batch["h"])
         batch_size = x0.shape[0]
         t = torch.randint(0, self.diffusion.num_timesteps, (batch_size,), device=x0.device)
         noise = torch.randn_like(x0)
         x_t = self.diffusion.q_sample(x0, t, noise)
-        drop = torch.rand(batch_size, device=x0.device) < self.cond_drop if self.cond_drop > 0 else None
+        drop = torch.rand(batch_size, device=x0.device) < cond_drop if cond_drop > 0 else None
         output = self.unet(x_t, t, feat=feat, drop_cond=drop)
-        losses = self.diffusion.training_losses(output, x0, x_t, t, noise, vlb_weight=self.vlb_weight)
+        return self.diffusion.training_losses(output, x0, x_t, t, noise, vlb_weight=self.vlb_weight), t
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        losses, t = self.diffusion_losses(batch, self.cond_drop)
         loss = losses["loss"].mean()
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/mse", losses["mse"].mean())
         self.log("train/vlb", losses["vlb"].mean())
         self._log_loss_per_quarter(losses["loss"].detach(), t)
         return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # Held-out loss, always with the real representation: is the model learning p(x | h) or memorising x?
+        losses, _ = self.diffusion_losses(batch)
+        self.log("val/loss", losses["loss"].mean(), sync_dist=True)
+        self.log("val/mse", losses["mse"].mean(), sync_dist=True)
 
     def _log_loss_per_quarter(self, loss: torch.Tensor, t: torch.Tensor) -> None:
         # Where in the chain the model struggles: q0 = the last, fine-detail steps, q3 = the first, noisiest ones.
@@ -121,7 +131,10 @@ class RCDMModule(L.LightningModule):
             if in_quarter.any():
                 self.log(f"train/loss_q{q}", loss[in_quarter].mean())
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # Right after the weights change (and only then, under gradient accumulation). Not in on_train_batch_end:
+        # Lightning runs callbacks' hooks first, so ModelCheckpoint would save an EMA one update behind.
+        super().optimizer_step(*args, **kwargs)
         self.ema.update_parameters(self.unet)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -155,9 +168,11 @@ class RCDMModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rcdm"] = self.describe()
         # Exact resumption: the next t, noise and condition-dropout draws continue where they left off.
+        kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
+            # As tensors and plain numbers: Lightning reloads checkpoints with torch.load(weights_only=True).
+            "numpy": [kind, torch.from_numpy(keys.copy()), position, has_gauss, cached_gauss],
             "python": random.getstate(),
         }
 
@@ -179,7 +194,8 @@ class RCDMModule(L.LightningModule):
         states = checkpoint.get("rng_states")
         if states is not None:
             torch.set_rng_state(states["torch"])
-            np.random.set_state(states["numpy"])
+            kind, keys, position, has_gauss, cached_gauss = states["numpy"]
+            np.random.set_state((kind, keys.numpy(), position, has_gauss, cached_gauss))
             random.setstate(states["python"])
 
 
