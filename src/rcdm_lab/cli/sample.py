@@ -28,9 +28,8 @@ def load_pipeline(cfg: DictConfig, device: torch.device) -> RCDMPipeline:
     ckpt = str(cfg.ckpt)
     if ckpt.startswith("official:"):
         from rcdm_lab.encoders import build_encoder
-        from rcdm_lab.models import OFFICIAL_128_FLAGS
 
-        flags = {**OFFICIAL_128_FLAGS, **OmegaConf.to_container(cfg.official.flags, resolve=True)}
+        flags = OmegaConf.to_container(cfg.official.flags, resolve=True)
         encoder = build_encoder(**OmegaConf.to_container(cfg.official.encoder, resolve=True))
         return RCDMPipeline.from_official(ckpt.removeprefix("official:"), encoder=encoder, flags=flags, device=device)
     return RCDMPipeline.from_checkpoint(ckpt, device=device, encoder_weights=cfg.encoder_weights)

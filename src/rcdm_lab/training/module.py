@@ -88,9 +88,8 @@ class RCDMModule(L.LightningModule):
             self.set_representation_stats(mean, std)
 
     def set_representation_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        # A dimension that never varies carries no information; dividing by ~0 would only amplify noise.
         self.rep_mean.copy_(mean)
-        self.rep_std.copy_(std.clamp_min(1e-6 * float(std.max().clamp_min(1e-12))))
+        self.rep_std.copy_(floored_std(std))
         self.rep_stats_fitted.fill_(True)
 
     def condition(self, h: torch.Tensor) -> torch.Tensor:
@@ -197,6 +196,15 @@ class RCDMModule(L.LightningModule):
             kind, keys, position, has_gauss, cached_gauss = states["numpy"]
             np.random.set_state((kind, keys.numpy(), position, has_gauss, cached_gauss))
             random.setstate(states["python"])
+
+
+def floored_std(std: Tensor, fraction: float = 0.01) -> Tensor:
+    """Per-dimension std with each entry at least `fraction` of the mean std.
+
+    A dimension that (almost) never varies on the training set carries no information there, and dividing by its
+    ~0 std would blow up any image that does move it (an out-of-distribution conditioning).
+    """
+    return std.clamp_min(fraction * float(std.mean().clamp_min(1e-30)))
 
 
 def _drop_encoder_entries(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:

@@ -1,0 +1,66 @@
+"""Training throughput of the UNet + hybrid loss at a given config (no data loading: cached h is free).
+
+    python benchmarks/train_step.py                      # the demo's model, batch 32, bf16 autocast
+    python benchmarks/train_step.py --channels 64 --res-blocks 2 --precision 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from rcdm_lab.diffusion import build_diffusion
+from rcdm_lab.models import UNetModel
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument("--res-blocks", type=int, default=1)
+    parser.add_argument("--channel-mult", default="1,2,2")
+    parser.add_argument("--attention", default="8")
+    parser.add_argument("--ssl-dim", type=int, default=1280)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--precision", choices=["32", "bf16"], default="bf16")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    unet = UNetModel(image_size=args.resolution, model_channels=args.channels, num_res_blocks=args.res_blocks,
+                     channel_mult=[int(m) for m in args.channel_mult.split(",")],
+                     attention_resolutions=[int(a) for a in args.attention.split(",") if a],
+                     ssl_dim=args.ssl_dim, learn_null_cond=True)
+    diffusion = build_diffusion()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+    x0 = torch.rand(args.batch, 3, args.resolution, args.resolution) * 2 - 1
+    h = torch.randn(args.batch, args.ssl_dim)
+
+    def step() -> None:
+        t = torch.randint(0, diffusion.num_timesteps, (args.batch,))
+        noise = torch.randn_like(x0)
+        x_t = diffusion.q_sample(x0, t, noise)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            out = unet(x_t, t, feat=h, drop_cond=torch.rand(args.batch) < 0.15)
+        loss = diffusion.training_losses(out, x0, x_t, t, noise)["loss"].mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    seconds = (time.perf_counter() - start) / args.steps
+    params = sum(p.numel() for p in unet.parameters()) / 1e6
+    print(f"UNet {params:.2f} M params, {args.resolution}px, batch {args.batch}, precision {args.precision}, "
+          f"threads {torch.get_num_threads()}: {seconds * 1000:.0f} ms/step, {args.batch / seconds:.0f} img/s")
+
+
+if __name__ == "__main__":
+    main()
