@@ -144,7 +144,7 @@ def test_wrong_shapes_are_reported(tmp_path, imagenet_state_dict):
     state_dict = dict(imagenet_state_dict, **{"features.0.0.weight": torch.zeros(32, 3, 5, 5)})
     path = tmp_path / "shape.pt"
     torch.save(state_dict, path)
-    expected = r"wrong shape \(1\): features.0.0.weight \(32, 3, 5, 5\) vs \(32, 3, 3, 3\)"
+    expected = r"wrong shape \(1\): features.0.0.weight: found \(32, 3, 5, 5\) vs expected \(32, 3, 3, 3\)"
     with pytest.raises(RCDMError, match=expected):
         build_encoder("mobilenet_v2", weights=str(path), input_size=SIZE)
 

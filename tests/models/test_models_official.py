@@ -139,10 +139,9 @@ def test_mismatched_state_dict_lists_missing_unexpected_and_misshapen_keys():
     with pytest.raises(RCDMError) as caught:
         load_official_unet(state, SMALL_FLAGS)
     message = str(caught.value)
-    assert "1 missing, 1 unexpected, 1 shape mismatches" in message
     assert "missing (1): out.0.bias" in message
     assert "unexpected (1): extra.weight" in message
-    assert "ssl_emb.weight: checkpoint (128, 7) vs model (128, 12)" in message
+    assert "wrong shape (1): ssl_emb.weight: found (128, 7) vs expected (128, 12)" in message
     assert "ssl_dim=7" in message
 
 

@@ -6,9 +6,11 @@ import contextlib
 import netrc
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
@@ -98,3 +100,24 @@ def check_conf_dir() -> None:
         print(f"error: config folder not found at {CONF_DIR}; install the project editable (make install) "
               "or set RCDM_CONF_DIR=/path/to/rcdm_lab/conf", file=sys.stderr)
         sys.exit(2)
+
+
+def hydra_entry(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[[], None]:
+    """A console-script `main` running `task` as a Hydra app over conf/<config_name>.yaml.
+
+    Shared by every command: configs found, `resolution=64` spelled as its group option, user errors reported
+    as one line with exit status 2.
+    """
+    register_resolvers()
+
+    @hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")
+    def app(cfg: DictConfig) -> None:
+        with report_user_errors():
+            task(cfg)
+
+    def main() -> None:
+        check_conf_dir()
+        sys.argv[1:] = spell_resolution_choices(sys.argv[1:])
+        app()
+
+    return main

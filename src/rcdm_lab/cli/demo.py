@@ -12,18 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from rcdm_lab.cli.common import (
-    CONF_DIR,
-    check_conf_dir,
-    register_resolvers,
-    report_user_errors,
-    spell_resolution_choices,
-)
+from rcdm_lab.cli.common import hydra_entry
 from rcdm_lab.cli.train import train
 from rcdm_lab.encoders.frozen import resize_and_center_crop
 from rcdm_lab.errors import RCDMError
@@ -91,20 +84,7 @@ def run(cfg: DictConfig) -> dict:
     return results
 
 
-register_resolvers()
-
-
-@hydra.main(config_path=str(CONF_DIR), config_name="demo", version_base="1.3")
-def _app(cfg: DictConfig) -> None:
-    with report_user_errors():
-        run(cfg)
-
-
-def main() -> None:
-    check_conf_dir()
-    sys.argv[1:] = spell_resolution_choices(sys.argv[1:])
-    _app()
-
+main = hydra_entry("demo", run)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rcdm_lab.cli.common import CONF_DIR, check_conf_dir, register_resolvers, report_user_errors, require_values
+from rcdm_lab.cli.common import hydra_entry, require_values
 from rcdm_lab.data.folder import list_images, load_image
 from rcdm_lab.encoders.frozen import resize_and_center_crop
 from rcdm_lab.pipeline import RCDMPipeline
@@ -64,19 +63,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return {"grid": grid_path, "tensors": tensors_path}
 
 
-register_resolvers()
-
-
-@hydra.main(config_path=str(CONF_DIR), config_name="sample", version_base="1.3")
-def _app(cfg: DictConfig) -> None:
-    with report_user_errors():
-        run(cfg)
-
-
-def main() -> None:
-    check_conf_dir()
-    _app()
-
+main = hydra_entry("sample", run)
 
 if __name__ == "__main__":
     sys.exit(main())

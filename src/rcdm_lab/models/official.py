@@ -14,6 +14,7 @@ from torch import Tensor
 
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.models.unet import UNetModel
+from rcdm_lab.state_dicts import compare_state_dicts
 
 # guided-diffusion's model_and_diffusion_defaults() for the flags that shape the UNet (+ RCDM's ssl_dim).
 OFFICIAL_DEFAULTS: dict[str, Any] = {
@@ -224,27 +225,13 @@ def _flag_hints(state: Mapping[str, Tensor], expected: Mapping[str, Tensor], kwa
 
 
 def _mismatch_report(state: Mapping[str, Tensor], expected: Mapping[str, Tensor], kwargs: Mapping[str, Any]) -> str:
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
-    ]
-    if not (missing or unexpected or wrong_shape):
+    mismatch = compare_state_dicts(state, expected)
+    if not mismatch:
         return ""
-
-    def listing(title: str, items: list[str]) -> str:
-        more = f", ... (+{len(items) - 10} more)" if len(items) > 10 else ""
-        return f"\n  {title} ({len(items)}): {', '.join(items[:10])}{more}" if items else ""
-
     hints = _flag_hints(state, expected, kwargs)
     return (
-        f"the checkpoint does not fit the UNet built from these flags ({len(missing)} missing, "
-        f"{len(unexpected)} unexpected, {len(wrong_shape)} shape mismatches):"
-        + listing("missing", missing)
-        + listing("unexpected", unexpected)
-        + listing("shape mismatch", wrong_shape)
+        "the checkpoint (found) does not fit the UNet built from these flags (expected):"
+        + "".join(f"\n  {line}" for line in mismatch.listings())
         + (f"\n  likely cause: {'; '.join(hints)}" if hints else "")
         + "\nPass the MODEL_FLAGS (and ssl_dim) the checkpoint was trained with."
     )
