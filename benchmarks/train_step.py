@@ -1,7 +1,7 @@
 """Training throughput of the UNet + hybrid loss at a given config (no data loading: cached h is free).
 
     python benchmarks/train_step.py                      # the demo's model, batch 32, bf16 autocast
-    python benchmarks/train_step.py --channels 64 --res-blocks 2 --precision 32
+    python benchmarks/train_step.py --channels 64 --res-blocks 2 --resblock-updown --precision 32   # model=adm
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ def main() -> None:
     parser.add_argument("--res-blocks", type=int, default=1)
     parser.add_argument("--channel-mult", default="1,2,2")
     parser.add_argument("--attention", default="8")
+    parser.add_argument("--resblock-updown", action=argparse.BooleanOptionalAction, default=False,
+                        help="ADM's ResBlock down/upsampling (the demo turns it off for CPU speed)")
     parser.add_argument("--ssl-dim", type=int, default=1280)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--precision", choices=["32", "bf16"], default="bf16")
@@ -34,7 +36,7 @@ def main() -> None:
     unet = UNetModel(image_size=args.resolution, model_channels=args.channels, num_res_blocks=args.res_blocks,
                      channel_mult=[int(m) for m in args.channel_mult.split(",")],
                      attention_resolutions=[int(a) for a in args.attention.split(",") if a],
-                     ssl_dim=args.ssl_dim, learn_null_cond=True)
+                     resblock_updown=args.resblock_updown, ssl_dim=args.ssl_dim, learn_null_cond=True)
     diffusion = build_diffusion()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
     x0 = torch.rand(args.batch, 3, args.resolution, args.resolution) * 2 - 1

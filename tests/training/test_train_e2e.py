@@ -113,3 +113,13 @@ def test_rcdm_sample_on_any_images(trained_checkpoint, tmp_path):
     grid = Image.open(out / "samples.png")
     assert grid.width > grid.height  # one row per image: conditioning + 3 samples
     assert "samples.png" in result.stdout
+
+
+def test_wandb_logger_runs_offline_and_receives_the_sample_grids(tmp_path, monkeypatch):
+    from rcdm_lab.cli.train import train
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    train(compose_train(tmp_path, "logger=wandb", "trainer.max_steps=2"))
+    grids = list((tmp_path / "run" / "wandb").glob("offline-run-*/files/media/images/samples_*.png"))
+    assert len(grids) == 1   # the step-2 grid (every_n_steps=2); the end-of-training one is the same step
