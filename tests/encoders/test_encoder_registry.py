@@ -11,7 +11,10 @@ SIZE = 32
 
 
 def test_known_encoders_are_the_built_in_names():
-    assert known_encoders() == ["mobilenet_v2", "resnet18", "resnet50"]
+    assert known_encoders() == [
+        "barlow_resnet50", "dino_resnet50", "dino_vitb16", "dino_vits16", "mobilenet_v2", "random_resnet50",
+        "resnet18", "resnet50", "simclr_resnet50", "supervised_resnet50", "swav_resnet50", "vicreg_resnet50",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,7 @@ def test_none_weights_means_default():
 
 def test_unknown_name_suggests_the_closest_and_lists_known():
     expected = (r"unknown encoder 'mobilnet_v2'; did you mean 'mobilenet_v2'\? "
-                r"Known: mobilenet_v2, resnet18, resnet50, or any timm model as timm:<name>")
+                r"Known: barlow_resnet50, .*, vicreg_resnet50, or any timm model as timm:<name>")
     with pytest.raises(RCDMError, match=expected):
         build_encoder("mobilnet_v2")
 
@@ -82,7 +85,8 @@ def test_head_on_encoder_without_projector():
 
 
 def test_unknown_layer():
-    with pytest.raises(RCDMError, match=r"unknown encoder.layer 'trunk'; use one of: backbone, head"):
+    with pytest.raises(RCDMError, match=r"unknown encoder.layer 'trunk'; use one of: backbone, head, layer1, layer2, "
+                                        r"layer3, layer4$"):
         build_encoder("mobilenet_v2", layer="trunk", weights="random")
 
 

