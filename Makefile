@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test test-fast demo lint clean
+.PHONY: install test test-fast demo lint clean bench-cache
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/rcdm-demo
+
+# Training img/s with the representation cache vs running the encoder every step (ResNet-50, 224 px, official norm).
+bench-cache: $(STAMP)
+	$(PY) benchmarks/cache.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
