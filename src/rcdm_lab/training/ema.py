@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -20,8 +19,3 @@ def make_ema(model: nn.Module, decay: float) -> AveragedModel:
         parameter.requires_grad_(False)
     return ema
 
-
-@torch.no_grad()
-def ema_weights(ema: AveragedModel) -> nn.Module:
-    """The averaged network itself (what sampling should call)."""
-    return ema.module
