@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from rcdm_lab.cli.common import hydra_entry
@@ -21,7 +20,7 @@ from rcdm_lab.cli.train import train
 from rcdm_lab.encoders.frozen import resize_and_center_crop
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.metrics.faithfulness import nearest_conditioning_accuracy
-from rcdm_lab.pipeline import RCDMPipeline
+from rcdm_lab.trained_run import TrainedRun
 from rcdm_lab.viz.grid import conditioning_grid, save_png
 
 
@@ -42,12 +41,9 @@ def bundled_photos(names: list[str]) -> torch.Tensor:
 
 def evaluate(cfg: DictConfig, ckpt: Path) -> dict:
     demo = cfg.demo
-    pipeline = RCDMPipeline.from_checkpoint(ckpt)
-    datamodule = instantiate(cfg.data)
-    datamodule.attach_encoder(pipeline.encoder)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    held_out = datamodule.val_items(demo.num_conditionings)
+    trained = TrainedRun.load(ckpt)
+    pipeline = trained.pipeline
+    held_out = trained.val_items(demo.num_conditionings)
     k = demo.samples_per_conditioning
     results, guided = {}, None
     for guidance in sorted({1.0, float(demo.guidance)}):

@@ -33,6 +33,9 @@ def build(cfg: DictConfig) -> tuple[RCDMModule, L.LightningDataModule, L.Trainer
     from rcdm_lab.encoders import build_encoder
 
     require_values(cfg)
+    if cfg.get("figure") is not None:
+        raise RCDMError(f"experiment={cfg.figure.name} is a figure, not a training run: "
+                        f"rcdm-figure experiment={cfg.figure.name} ckpt=PATH")
     spec = encoder_spec(cfg)
     encoder = build_encoder(**spec)
     datamodule = instantiate(cfg.data)
@@ -57,6 +60,7 @@ def build(cfg: DictConfig) -> tuple[RCDMModule, L.LightningDataModule, L.Trainer
         standardize=cfg.encoder.get("standardize", False),
         vlb_weight=cfg.model.vlb_weight,
         resolution=cfg.resolution,
+        data_spec=OmegaConf.to_container(cfg.data, resolve=True),
     )
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False

@@ -31,7 +31,7 @@ def uint8_to_x0(image: Tensor) -> Tensor:
     return torch.from_numpy(image.numpy().astype(np.float32) / np.float32(127.5) - np.float32(1.0))
 
 
-def _labels_of(dataset: Dataset, index: int) -> dict[str, Tensor]:
+def labels_of(dataset: Dataset, index: int) -> dict[str, Tensor]:
     # Datasets with a `labels` method give them without decoding or rendering the image.
     labels = getattr(dataset, "labels", None)
     return labels(index) if callable(labels) else dataset[index]["labels"]
@@ -60,7 +60,7 @@ class CachedItems(Dataset):
         return {
             "x0": uint8_to_x0(self.cache.get_image(index, flipped)),
             "h": self.cache.get(index, flipped),
-            "labels": _labels_of(self.dataset, index),
+            "labels": labels_of(self.dataset, index),
             "index": index,
             "flipped": flipped,
         }

@@ -37,6 +37,8 @@ class RCDMModule(L.LightningModule):
         cond_drop: probability of replacing h by the UNet's learned null vector (classifier-free guidance).
         standardize: feed the UNet (h - mean) / std with per-dimension training-set statistics.
         vlb_weight: lambda of IDDPM's hybrid loss.
+        data_spec: the (resolved) data config the model is trained on, recorded in checkpoints so evaluations
+            and figures find the same dataset and representation cache (`TrainedRun.load`).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class RCDMModule(L.LightningModule):
         standardize: bool = False,
         vlb_weight: float = 0.001,
         resolution: int | None = None,
+        data_spec: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if cond_drop > 0 and not getattr(unet, "learn_null_cond", False):
@@ -66,6 +69,7 @@ class RCDMModule(L.LightningModule):
         self.standardize = standardize
         self.vlb_weight = vlb_weight
         self.resolution = resolution or unet.config["image_size"]
+        self.data_spec = dict(data_spec) if data_spec is not None else None
         dim = encoder.dim
         # Statistics of h over the training set; identity until fitted. Saved with the checkpoint so sampling
         # standardises exactly as training did.
@@ -162,6 +166,7 @@ class RCDMModule(L.LightningModule):
             "standardize": self.standardize,
             "cond_drop": self.cond_drop,
             "resolution": self.resolution,
+            "data": self.data_spec,
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -1,0 +1,113 @@
+"""A trained RCDM together with the data it was trained on: where every evaluation and figure starts.
+
+`rcdm-train` records its (resolved) data config in each checkpoint, so `TrainedRun.load(ckpt)` rebuilds the same
+dataset and opens the same representation cache -- validation conditionings, training neighbours and real images
+for FID come from exactly the data the model saw, without the user restating it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from torch import Tensor
+
+from rcdm_lab.data.cache import RepresentationCache
+from rcdm_lab.data.datamodule import RCDMDataModule, labels_of, to_x0, uint8_to_x0
+from rcdm_lab.errors import RCDMError
+from rcdm_lab.pipeline import RCDMPipeline, load_checkpoint_file
+
+# Representations of a split without a cache are encoded in chunks of this many images.
+_ENCODE_CHUNK = 256
+
+
+@dataclass
+class TrainedRun:
+    ckpt: Path
+    pipeline: RCDMPipeline
+    datamodule: RCDMDataModule
+
+    @classmethod
+    def load(
+        cls,
+        ckpt: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        data: Mapping[str, Any] | None = None,
+        encoder_weights: str | None = None,
+    ) -> TrainedRun:
+        """The checkpoint's pipeline (EMA UNet, diffusion, encoder) and datamodule, caches built if missing.
+
+        `data` (a data config with `_target_`, e.g. conf/data/folder.yaml resolved) replaces the recorded dataset,
+        e.g. to evaluate on another folder; its resolution is always the model's.
+        """
+        pipeline = RCDMPipeline.from_checkpoint(ckpt, device=device, encoder_weights=encoder_weights)
+        if data is None:
+            data = load_checkpoint_file(ckpt)["rcdm"].get("data")
+            if data is None:
+                raise RCDMError(f"{ckpt} does not record its training data (written before rcdm_lab recorded it): "
+                                "name the dataset, e.g. data=shapes (add the data.* overrides used in training)")
+        datamodule = instantiate({**dict(data), "resolution": pipeline.resolution})
+        datamodule.attach_encoder(pipeline.encoder)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        return cls(Path(ckpt), pipeline, datamodule)
+
+    # ------------------------------------------------------------------------------------------------ data
+    def split_size(self, split: str) -> int:
+        return len(self.datamodule.dataset(split))
+
+    def val_items(self, n: int, what: str = "conditionings") -> dict:
+        """The first n validation items {"x0", "h", "image", "labels", "index"}; an error if there are fewer."""
+        available = self.split_size("val")
+        if n > available:
+            raise RCDMError(f"{what}: asked for {n} validation items but the validation split has {available}; "
+                            "ask for fewer, or evaluate on a bigger validation set (data.dataset.num_val for "
+                            "shapes, more images in a folder)")
+        return self.datamodule.val_items(n)
+
+    def _cache(self, split: str) -> RepresentationCache | None:
+        if not self.datamodule.cache:
+            return None
+        return RepresentationCache.open(self.datamodule.cache_dir, self.datamodule.cache_key(split))
+
+    def representations(self, split: str) -> Tensor:
+        """(N, D) float32 representations of every (unflipped) item of `split`, on the CPU."""
+        cache = self._cache(split)
+        if cache is not None:
+            return torch.from_numpy(np.ascontiguousarray(cache.reps[:, 0])).float()
+        dataset = self.datamodule.dataset(split)
+        reps = []
+        for start in range(0, len(dataset), _ENCODE_CHUNK):
+            images = torch.stack([dataset[i]["image"] for i in range(start, min(start + _ENCODE_CHUNK, len(dataset)))])
+            reps.append(self.pipeline.encode(images).float().cpu())
+        return torch.cat(reps)
+
+    def images(self, split: str, indices: Tensor | list[int]) -> Tensor:
+        """(len(indices), 3, R, R) images of `split` in [0, 1] at the model's resolution, as the UNet saw them."""
+        indices = [int(i) for i in indices]
+        cache = self._cache(split)
+        if cache is not None and cache.has_images:
+            x0 = torch.stack([uint8_to_x0(cache.get_image(i, False)) for i in indices])
+        else:
+            dataset = self.datamodule.dataset(split)
+            x0 = torch.stack([to_x0(dataset[i]["image"], self.pipeline.resolution) for i in indices])
+        return (x0 + 1) / 2
+
+    def labels(self, split: str) -> dict[str, Tensor]:
+        """Every item's labels of `split` as {factor: (N,) tensor} ({} when the dataset has none)."""
+        dataset = self.datamodule.dataset(split)
+        rows = [labels_of(dataset, i) for i in range(len(dataset))]
+        if not rows or not rows[0]:
+            return {}
+        return {factor: torch.stack([torch.as_tensor(row[factor]) for row in rows]) for factor in rows[0]}
+
+    # ------------------------------------------------------------------------------------------------ sampling
+    def sample(self, h: Tensor, num_per_condition: int, settings: Mapping[str, Any]) -> Tensor:
+        """Samples in [0, 1] (N * k, 3, R, R) grouped by conditioning, with `settings` = RCDMPipeline.sample kwargs."""
+        return (self.pipeline.sample(h, num_per_condition, **dict(settings)) + 1) / 2

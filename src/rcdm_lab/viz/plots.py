@@ -1,0 +1,119 @@
+"""Figures for the representation-space metrics: distance box plots (paper Fig. 21/22), rank histograms (Fig. 17).
+
+Built on :class:`matplotlib.figure.Figure` directly rather than pyplot: no global figure registry, no backend
+selection, so plotting is safe from threads, in CI without a display, and never leaks open figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from rcdm_lab.errors import RCDMError
+
+DPI = 120
+
+
+def _as_flat(values: Tensor | Sequence[float], what: str) -> Tensor:
+    flat = torch.as_tensor(values).detach().double().flatten().cpu()
+    if flat.numel() == 0:
+        raise RCDMError(f"{what} is empty; give it at least one value or leave it out")
+    if not torch.isfinite(flat).all():
+        raise ValueError(f"{what} holds non-finite values (NaN or inf)")
+    return flat
+
+
+def _save(figure: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI, format="png")
+    return path
+
+
+def box_plot(
+    groups: Mapping[str, Tensor | Sequence[float]],
+    path: str | Path,
+    title: str = "",
+    ylabel: str = "squared L2 distance",
+    log_scale: bool = False,
+) -> Path:
+    """One box per group, in insertion order, each labelled with its name and size; writes a PNG at `path`.
+
+    Groups differ wildly in size (one flip per image, hundreds of same-class images), hence the "n=" in each label.
+    Long or many labels are rotated so they stay readable.
+    """
+    if not groups:
+        raise RCDMError("box_plot needs at least one group of distances")
+    names = list(groups)
+    data = [_as_flat(groups[name], f"group {name!r}").numpy() for name in names]
+    if log_scale and any((values <= 0).any() for values in data):
+        raise RCDMError("a log-scale box plot needs strictly positive distances; pass log_scale=False")
+    labels = [f"{name}\n(n={len(values)})" for name, values in zip(names, data, strict=True)]
+    figure = Figure(figsize=(max(4.0, 1.0 + 0.9 * len(names)), 4.0), layout="constrained")
+    ax = figure.add_subplot()
+    ax.boxplot(data, showmeans=True)
+    # Set tick labels ourselves: boxplot's `labels` keyword was renamed across matplotlib versions.
+    rotate = len(names) > 6 or max(len(name) for name in names) > 10
+    ax.set_xticks(range(1, len(names) + 1), labels, rotation=30 if rotate else 0, ha="right" if rotate else "center")
+    if log_scale:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(figure, path)
+
+
+def rank_counts(ranks: Tensor | Sequence[int], max_rank: int) -> list[int]:
+    """Counts of ranks 1..max_rank, then one last entry counting every rank above max_rank (length max_rank + 1)."""
+    if max_rank < 1:
+        raise RCDMError(f"max_rank must be at least 1, got {max_rank}")
+    flat = _as_flat(ranks, "ranks")
+    if not torch.equal(flat, flat.round()) or (flat < 1).any():
+        raise ValueError("ranks must be integers >= 1 (1 = the conditioning is the nearest)")
+    flat = flat.long()
+    counts = torch.bincount(flat.clamp_max(max_rank + 1) - 1, minlength=max_rank + 1)
+    return counts.tolist()
+
+
+def rank_histogram(
+    ranks: Mapping[str, Tensor | Sequence[int]],
+    path: str | Path,
+    max_rank: int | None = None,
+    title: str = "",
+) -> Path:
+    """Side-by-side bars of the rank of the conditioning (1 = best), one colour per metric name, as a PNG at `path`.
+
+    Bins are the integers 1..max_rank; when `max_rank` is given, a last "> max_rank" bin collects the tail so one far
+    outlier does not squeeze the informative low ranks. Without it, max_rank is the largest rank seen (no tail bin).
+    """
+    if not ranks:
+        raise RCDMError("rank_histogram needs ranks for at least one metric")
+    tail = max_rank is not None
+    if max_rank is None:
+        max_rank = max(int(_as_flat(values, f"ranks of {name!r}").max().item()) for name, values in ranks.items())
+    counts = {name: rank_counts(values, max_rank) for name, values in ranks.items()}
+    bins = max_rank + 1 if tail else max_rank
+    width = 0.8 / len(counts)
+    figure = Figure(figsize=(max(5.0, 2.0 + 0.3 * bins * len(counts) ** 0.5), 3.5), layout="constrained")
+    ax = figure.add_subplot()
+    for index, (name, metric_counts) in enumerate(counts.items()):
+        offset = (index - (len(counts) - 1) / 2) * width
+        ax.bar([b + 1 + offset for b in range(bins)], metric_counts[:bins], width=width, label=name)
+    # Label every bin when few, else about ten evenly spaced ranks (always rank 1), plus the tail bin.
+    step = max(1, -(-max_rank // 10))
+    ticks = [1, *range(step, max_rank + 1, step)] if step > 1 else list(range(1, max_rank + 1))
+    labels = [str(t) for t in ticks]
+    if tail:
+        ticks.append(max_rank + 1)
+        labels.append(f"> {max_rank}")
+    ax.set_xticks(ticks, labels)
+    ax.set_xlabel("rank of the conditioning")
+    ax.set_ylabel("samples")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    return _save(figure, path)

@@ -1,0 +1,52 @@
+"""rcdm-eval end to end on the session's tiny checkpoint: every metric group runs offline and writes its JSON + PNGs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rcdm_testing import run_cli
+
+FAST = ["sampling.steps=2", "sampling.progress=false", "logger=csv"]
+
+
+@pytest.mark.slow
+def test_every_metric_runs_offline_and_results_accumulate(trained_checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    common = [f"ckpt={trained_checkpoint}", f"hydra.run.dir={out}", *FAST]
+    first = run_cli("rcdm-eval", *common, "metric=[faithfulness,distances]", "metric.faithfulness.num_conditionings=8",
+                    "metric.faithfulness.samples_per_conditioning=2", "metric.distances.num_conditionings=2",
+                    "metric.distances.per_reference=3", "metric.distances.num_multicrop=2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_cli("rcdm-eval", *common, "metric=[fid,kde]", "metric.fid.num_samples=8",
+                     "metric.fid.kid_subset_size=4", "metric.fid.is_splits=2", "metric.kde.num_samples=4",
+                     "metric.kde.columns=2")
+    assert second.returncode == 0, second.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"faithfulness", "distances", "fid", "kde"}   # the second run kept the first's numbers
+    faith = results["faithfulness"]
+    for metric in ("l2", "cosine"):
+        assert 1 <= faith[metric]["mean_rank"] <= 8 and 0 < faith[metric]["mrr"] <= 1
+    assert (out / "faithfulness_ranks.png").stat().st_size > 0
+    table = results["distances"]["table"]
+    assert {"random val", "train neighbours", "flip", "multicrop", "RCDM samples"} <= set(table)
+    assert table["train neighbours"]["count"] == 2 * 3
+    assert results["fid"]["fid"] >= 0 and results["fid"]["num_fake"] == 8
+    assert results["kde"]["sigma"] == 0.01
+    assert (out / "logs" / "metrics.csv").is_file()
+    assert "faithfulness" in first.stdout and "l2/mean_rank=" in first.stdout
+
+
+def test_too_many_conditionings_names_the_fix(trained_checkpoint, tmp_path):
+    result = run_cli("rcdm-eval", f"ckpt={trained_checkpoint}", f"hydra.run.dir={tmp_path}", *FAST,
+                     "metric.faithfulness.num_conditionings=1000")
+    assert result.returncode == 2
+    assert "validation split has 8" in result.stderr and "num_val" in result.stderr
+
+
+def test_missing_checkpoint_and_unknown_metric_are_one_line_errors(tmp_path):
+    missing = run_cli("rcdm-eval", f"ckpt={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path}")
+    assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
+    unknown = run_cli("rcdm-eval", f"ckpt={tmp_path / 'nope.ckpt'}", "metric=[sharpness]")
+    assert unknown.returncode != 0 and "sharpness" in unknown.stderr
