@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test test-fast demo lint clean bench-cache
+.PHONY: install test test-fast demo lint clean bench-cache bench-faithfulness figures
 
 install: $(STAMP)
 
@@ -36,6 +36,26 @@ demo: $(STAMP)
 # Training img/s with the representation cache vs running the encoder every step (ResNet-50, 224 px, official norm).
 bench-cache: $(STAMP)
 	$(PY) benchmarks/cache.py
+
+# Faithfulness of the demo checkpoint (mean rank / MRR / top-1 among 256 held-out shapes), plain and guided.
+DEMO_CKPT ?= outputs/demo/checkpoints/last.ckpt
+bench-faithfulness: $(STAMP)
+	@test -f $(DEMO_CKPT) || { echo "no $(DEMO_CKPT): run make demo first (or pass DEMO_CKPT=...)"; exit 2; }
+	$(VENV)/bin/rcdm-eval -m ckpt=$(DEMO_CKPT) metric=faithfulness sampling.guidance=1,8
+
+# Paper figures: `make fig-<name> CKPT=outputs/<run>/checkpoints/last.ckpt [ARGS="images=photos/ seed=1"]`;
+# figures comparing models take CKPTS="[a.ckpt,b.ckpt]". `make figures CKPT=...` runs every single-model figure into
+# outputs/figures/<run>/<figure>/ and writes outputs/figures/<run>/index.html. Code: src/rcdm_lab/experiments/<name>.py.
+SINGLE_MODEL_FIGURES := samples,interpolation,augmentations,adversarial,manipulation,algebra,confidence,nearest_neighbors,class_mean,unconditional
+MODELS = $(if $(CKPTS),ckpts=$(CKPTS),ckpt=$(CKPT))
+figures: $(STAMP)
+	@test -n "$(CKPT)" || { echo "usage: make figures CKPT=outputs/<run>/checkpoints/last.ckpt"; exit 2; }
+	$(VENV)/bin/rcdm-figure -m experiment=$(SINGLE_MODEL_FIGURES) ckpt=$(CKPT) \
+	    'hydra.sweep.dir=outputs/figures/$${rcdm_run_name:$${ckpt},$${ckpts}}' 'hydra.sweep.subdir=$${figure.name}' $(ARGS)
+
+fig-%: $(STAMP)
+	@test -n "$(CKPT)$(CKPTS)" || { echo "usage: make fig-$* CKPT=outputs/<run>/checkpoints/last.ckpt"; exit 2; }
+	$(VENV)/bin/rcdm-figure experiment=$* $(MODELS) $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

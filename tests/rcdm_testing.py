@@ -51,7 +51,8 @@ def compose_train(tmp: Path, *extra: str, config_name: str = "train"):
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run an rcdm_lab command-line entry point in a fresh interpreter."""
     module = {"rcdm-train": "rcdm_lab.cli.train", "rcdm-sample": "rcdm_lab.cli.sample",
-              "rcdm-probe": "rcdm_lab.cli.probe"}[args[0]]
+              "rcdm-probe": "rcdm_lab.cli.probe", "rcdm-eval": "rcdm_lab.cli.eval",
+              "rcdm-figure": "rcdm_lab.cli.figure"}[args[0]]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", module, *args[1:]], cwd=cwd or REPO, env=env, text=True,
                           capture_output=True, timeout=timeout)

@@ -38,9 +38,24 @@ def _wandb_offline() -> bool:
     return True
 
 
+def run_name_of(ckpt: str | None, ckpts: list[str] | None = None) -> str:
+    """outputs/<run>/checkpoints/last.ckpt -> '<run>' (a file elsewhere: its stem), to name output folders.
+
+    Several checkpoints (`ckpts`) -> their names joined by '+'.
+    """
+    if ckpts:
+        return "+".join(run_name_of(c) for c in ckpts)
+    if ckpt is None:
+        return "no-ckpt"
+    path = Path(str(ckpt).removeprefix("official:"))
+    return path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("rcdm_wandb_offline"):
         OmegaConf.register_new_resolver("rcdm_wandb_offline", _wandb_offline)
+    if not OmegaConf.has_resolver("rcdm_run_name"):
+        OmegaConf.register_new_resolver("rcdm_run_name", run_name_of)
 
 
 def user_error_in(error: BaseException) -> BaseException | None:

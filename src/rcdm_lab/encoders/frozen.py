@@ -63,9 +63,14 @@ class FrozenEncoder(nn.Module):
         return (images - self.mean) / self.std
 
     def forward(self, images: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.forward_with_input_grad(images)
+
+    def forward_with_input_grad(self, images: Tensor) -> Tensor:
+        """h = f(images), differentiable w.r.t. the images (FGSM); the weights stay frozen (requires_grad=False)."""
         _check_images(images)
         # Autocast off: f must give the same h when filling a cache in fp32 and inside a bf16 training step.
-        with torch.no_grad(), torch.autocast(device_type=images.device.type, enabled=False):
+        with torch.autocast(device_type=images.device.type, enabled=False):
             pixels = resize_and_center_crop(images.float(), self.input_size)
             pixels = self.normalize(pixels).contiguous(memory_format=torch.channels_last)
             features = self.trunk(pixels)

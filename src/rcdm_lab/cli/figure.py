@@ -1,0 +1,70 @@
+"""rcdm-figure: one paper figure from trained RCDM(s) (Hydra app over conf/figure.yaml + conf/experiment/<name>)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rcdm_lab.cli.common import hydra_entry, run_name_of
+from rcdm_lab.cli.sample import pick_device
+from rcdm_lab.errors import RCDMError
+from rcdm_lab.experiments import FIGURES, figure_module
+from rcdm_lab.experiments.context import FigureContext
+from rcdm_lab.trained_run import TrainedRun
+from rcdm_lab.viz.gallery import write_gallery
+from rcdm_lab.viz.report import publish, write_json
+
+
+def command_line() -> str:
+    """The command that reproduces this figure (the overrides of this job, also inside a sweep)."""
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    return " ".join(["rcdm-figure", *overrides])
+
+
+def checkpoints(cfg: DictConfig) -> list[str]:
+    if cfg.get("ckpts"):
+        return [str(c) for c in cfg.ckpts]
+    if cfg.get("ckpt"):
+        return [str(cfg.ckpt)]
+    raise RCDMError("no model given: pass ckpt=outputs/<run>/checkpoints/last.ckpt "
+                    "(or ckpts=[a.ckpt,b.ckpt] for figures comparing models)")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.get("figure") is None:
+        raise RCDMError(f"this experiment is not a figure (it has no `figure:` settings; training experiments run "
+                        f"with rcdm-train). Figures: experiment={'|'.join(FIGURES)}")
+    figure = OmegaConf.to_container(cfg.figure, resolve=True)
+    name = figure.pop("name")
+    module = figure_module(name)
+    ckpts = checkpoints(cfg)
+    device = pick_device(cfg.device)
+    start = time.perf_counter()
+    runs = [TrainedRun.load(c, device=device, encoder_weights=cfg.encoder_weights) for c in ckpts]
+    labels = [str(label) for label in cfg.labels] if cfg.get("labels") else [run_name_of(c) for c in ckpts]
+    if len(labels) != len(runs):
+        raise RCDMError(f"labels has {len(labels)} names for {len(runs)} checkpoints: give one per checkpoint")
+    out = Path(cfg.output_dir)
+    ctx = FigureContext(runs=runs, sampling=OmegaConf.to_container(cfg.sampling, resolve=True), out_dir=out,
+                        seed=int(cfg.seed), images=cfg.get("images"), labels=labels, probe=cfg.get("probe"))
+    results = {"figure": name, **module.make(ctx, figure)}
+    results.update(ckpts=ckpts, labels=labels, settings=figure, command=command_line(),
+                   seconds=round(time.perf_counter() - start, 1))
+    write_json(out / "figure.json", results)
+    publish(instantiate(cfg.logger) if cfg.get("logger") else None, results, prefix=name)
+    index = write_gallery(out.parent)
+    print(f"rcdm-figure {name}: wrote {results.get('figure_png')} and {out / 'figure.json'} "
+          f"({results['seconds']:.0f} s); gallery {index}")
+    return results
+
+
+main = hydra_entry("figure", run)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Fig. 3/25/26: is a representation invariant to a transformation of its input? Sample from it and look.
+
+One input image and fixed transformations of it -- vertical shift, zoom out, zoom in, grayscale, colour jitter --
+one row each under the original: the (transformed) image, then k samples from its representation. If the samples
+of a transformed image look like those of the original, the representation discarded the change (the paper's SSL
+backbones ignore vertical shifts); if they follow it, the representation kept it (scale, grayscale, background
+colour). One block per model, every row and model from the same noise, so only the representation differs.
+
+The transformations are deterministic (fixed parameters, not random draws): the figure must show the same change
+every time it is made and for every model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from rcdm_lab.errors import RCDMError
+from rcdm_lab.experiments.compare_models import (
+    block_rows,
+    model_blocks,
+    model_summary,
+    positive_int,
+    print_diversity,
+    same_noise,
+)
+from rcdm_lab.experiments.context import FigureContext
+from rcdm_lab.metrics.distances import single_augmentations, squared_distances_to
+from rcdm_lab.metrics.diversity import sample_diversity
+from rcdm_lab.viz.grid import labelled_rows
+
+TRANSFORMS = ("vertical_shift", "zoom_out", "zoom_in", "grayscale", "color_jitter")
+PADDINGS = {"edge": "replicate", "zero": "constant"}
+
+
+def _pad(images: Tensor, left: int, right: int, top: int, bottom: int, padding: str) -> Tensor:
+    if padding not in PADDINGS:
+        raise RCDMError(f"unknown padding {padding!r} (figure.shift_padding / figure.zoom_out_padding); "
+                        f"use one of {sorted(PADDINGS)}")
+    return F.pad(images, (left, right, top, bottom), mode=PADDINGS[padding])
+
+
+def vertical_shift(images: Tensor, fraction: float, padding: str = "edge") -> Tensor:
+    """Content moved down by round(fraction * H) pixels (up if negative); the uncovered rows repeat the edge row
+    ("edge") or are black ("zero"). The size is unchanged."""
+    height = images.shape[-2]
+    if not -1 < fraction < 1:
+        raise RCDMError(f"figure.shift is a fraction of the height in (-1, 1), got {fraction}")
+    shift = round(fraction * height)
+    if shift >= 0:
+        return _pad(images, 0, 0, shift, 0, padding)[..., :height, :]
+    return _pad(images, 0, 0, 0, -shift, padding)[..., -shift:, :]
+
+
+def zoom_out(images: Tensor, scale: float, padding: str = "edge") -> Tensor:
+    """The image shrunk to `scale` of its side and padded back, centred, to its size.
+
+    "zero" padding is the figure's default: "edge" repeats the border pixels outwards, which smears any object that
+    touches the border into stripes the encoder would see as content.
+    """
+    if not 0 < scale <= 1:
+        raise RCDMError(f"figure.zoom_out is the shrunk side as a fraction of the original, in (0, 1], got {scale}")
+    height, width = images.shape[-2:]
+    small_h, small_w = max(1, round(height * scale)), max(1, round(width * scale))
+    # Antialiased resizing may overshoot [0, 1] by round-off; the encoders assume the exact range.
+    small = TF.resize(images, [small_h, small_w], antialias=True).clamp(0, 1)
+    top, left = (height - small_h) // 2, (width - small_w) // 2
+    return _pad(small, left, width - small_w - left, top, height - small_h - top, padding)
+
+
+def zoom_in(images: Tensor, crop: float) -> Tensor:
+    """The central `crop` fraction of each side, resized back to the full size (the Appendix C centre crop)."""
+    if not 0 < crop <= 1:
+        raise RCDMError(f"figure.zoom_in is the kept central fraction of the side, in (0, 1], got {crop}")
+    return single_augmentations(crop_fraction=crop)["center_crop"](images)
+
+
+def grayscale(images: Tensor) -> Tensor:
+    """Luma, kept as three equal channels so the encoders see an RGB image."""
+    return single_augmentations()["grayscale"](images)
+
+
+def color_jitter(images: Tensor, brightness: float = 1.0, contrast: float = 1.0, saturation: float = 1.0,
+                 hue: float = 0.0) -> Tensor:
+    """Fixed colour changes, in ColorJitter's order: factors of 1 (hue 0) leave the image as it is."""
+    if min(brightness, contrast, saturation) < 0 or not -0.5 <= hue <= 0.5:
+        raise RCDMError(f"colour jitter needs brightness/contrast/saturation >= 0 and hue in [-0.5, 0.5], got "
+                        f"{brightness}, {contrast}, {saturation}, {hue}")
+    images = TF.adjust_brightness(images, brightness)
+    images = TF.adjust_contrast(images, contrast)
+    images = TF.adjust_saturation(images, saturation)
+    return TF.adjust_hue(images, hue)
+
+
+def transforms_from(settings: dict[str, Any]) -> dict[str, Callable[[Tensor], Tensor]]:
+    """The figure's transformations by name, in the order of settings `transforms` (its rows)."""
+    available = {
+        "vertical_shift": partial(vertical_shift, fraction=float(settings["shift"]),
+                                  padding=str(settings.get("shift_padding", "edge"))),
+        "zoom_out": partial(zoom_out, scale=float(settings["zoom_out"]),
+                            padding=str(settings.get("zoom_out_padding", "zero"))),
+        "zoom_in": partial(zoom_in, crop=float(settings["zoom_in"])),
+        "grayscale": grayscale,
+        "color_jitter": partial(color_jitter, brightness=float(settings["brightness"]),
+                                contrast=float(settings["contrast"]), saturation=float(settings["saturation"]),
+                                hue=float(settings["hue"])),
+    }
+    names = list(settings["transforms"])
+    unknown = [name for name in names if name not in available]
+    if unknown or len(set(names)) != len(names):
+        raise RCDMError(f"figure.transforms {names}: name each at most once, from {list(TRANSFORMS)}")
+    return {name: available[name] for name in names}
+
+
+def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:
+    k = positive_int(settings, "samples_per_image")
+    transforms = transforms_from(settings)
+    image, name = ctx.input_images(1, offset=int(settings.get("image_index", 0)))
+    # Row 0 is the untransformed original: its samples are what every transformed row is compared with.
+    images = torch.cat([image, *(transform(image) for transform in transforms.values())])
+    row_names = ["original", *transforms]
+    blocks = model_blocks(ctx, images, row_names, k)
+    models = {}
+    cell_labels = []
+    for block in blocks:
+        distances = squared_distances_to(block.h[:1], block.h[None])[0]   # to the original; 0 for the original
+        rows = {}
+        for i, row in enumerate(row_names):
+            rows[row] = {"sq_l2_to_original": float(distances[i]),
+                         "diversity": sample_diversity(block.samples[i * k:(i + 1) * k],
+                                                       block.sample_reps[i * k:(i + 1) * k], k)}
+            # Written under the (transformed) input: how far the transformation moved the representation.
+            cell_labels.append([f"d2={float(distances[i]):.3g}"])
+        models[block.label] = {**model_summary(block), "transforms": rows}
+    figure_rows, row_labels = block_rows(blocks)
+    png = ctx.save(labelled_rows(figure_rows, row_labels, cell_labels))
+    print_diversity("augmentations", blocks, models)
+    return {"figure_png": png, "image": name[0], "transforms": row_names, "samples_per_image": k,
+            "same_noise": same_noise(blocks), "models": models}

@@ -1,0 +1,22 @@
+"""A FigureContext over the session's tiny trained checkpoint, with 2-step sampling so every figure runs in seconds."""
+
+from __future__ import annotations
+
+import pytest
+
+from rcdm_lab.experiments.context import FigureContext
+from rcdm_lab.trained_run import TrainedRun
+
+FAST_SAMPLING = {"sampler": "ddim", "steps": 2, "guidance": 1.0, "eta": 0.0, "batch_size": 64, "autocast": False,
+                 "progress": False}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(trained_checkpoint) -> TrainedRun:
+    return TrainedRun.load(trained_checkpoint)
+
+
+@pytest.fixture
+def figure_ctx(tiny_run, tmp_path) -> FigureContext:
+    return FigureContext(runs=[tiny_run], sampling=dict(FAST_SAMPLING), out_dir=tmp_path, seed=0,
+                         labels=["tiny"])

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from rcdm_lab.experiments import interpolation, samples
+
+
+def test_samples_figure_rows_are_inputs_then_samples(figure_ctx):
+    result = samples.make(figure_ctx, {"num_images": 3, "samples_per_image": 2})
+    picture = Image.open(result["figure_png"])
+    assert picture.height > picture.width / 3   # three rows of three cells
+    assert result["images"] == ["val 0", "val 1", "val 2"]
+    assert result["diversity"]["pixel_mean_sq_diff"] > 0   # different noise per column
+
+
+def test_samples_figure_reads_any_folder_of_images(figure_ctx, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, size in enumerate([(50, 30), (20, 40)]):
+        Image.new("RGB", size, (80 * i, 100, 200)).save(folder / f"p{i}.png")
+    figure_ctx.images = str(folder)
+    result = samples.make(figure_ctx, {"num_images": 2, "samples_per_image": 2})
+    assert result["images"] == ["p0", "p1"]
+
+
+def test_interpolation_endpoints_are_the_two_representations(figure_ctx):
+    alphas = torch.linspace(0, 1, 5)
+    h_a, h_b = torch.randn(2, 7)
+    path = interpolation.interpolate(h_a, h_b, alphas)
+    assert torch.equal(path[0], h_a) and torch.equal(path[-1], h_b)
+    torch.testing.assert_close(path[2], (h_a + h_b) / 2)
+    result = interpolation.make(figure_ctx, {"first_image": 0, "num_steps": 4, "start": 0.0, "stop": 1.0,
+                                             "noise_rows": 2})
+    assert result["first_equals_h_a"] and result["last_equals_h_b"]
+    assert torch.allclose(torch.tensor(result["alphas"]), torch.linspace(0, 1, 4))
+    assert len(result["sq_l2_to_a"]) == 4
+
+
+def test_interpolation_rows_share_noise_along_the_path(figure_ctx, monkeypatch):
+    seen = {}
+    original = figure_ctx.sample
+
+    def spy(h, k, run=None, noise=None):
+        seen["noise"] = noise
+        return original(h, k, run=run, noise=noise)
+
+    monkeypatch.setattr(figure_ctx, "sample", spy)
+    interpolation.make(figure_ctx, {"first_image": 0, "num_steps": 3, "start": 0.0, "stop": 1.0, "noise_rows": 2})
+    noise = seen["noise"].view(3, 2, *seen["noise"].shape[1:])   # (path step, row, ...)
+    assert torch.equal(noise[0], noise[1]) and torch.equal(noise[0], noise[2])
+    assert not torch.equal(noise[0, 0], noise[0, 1])

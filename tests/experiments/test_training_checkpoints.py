@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from rcdm_lab.errors import RCDMError
+from rcdm_lab.experiments import training_checkpoints
+from rcdm_lab.metrics.distances import squared_distances_to
+
+SETTINGS = {"num_images": 2, "first_image": 0, "samples_per_image": 2}
+
+
+@pytest.fixture
+def epochs_ctx(figure_ctx, tiny_run):
+    # Labels deliberately out of numeric order: the figure must keep the order the checkpoints were given in.
+    return replace(figure_ctx, runs=[tiny_run, tiny_run], labels=["5", "1"])
+
+
+def test_training_checkpoints_keeps_the_given_order_and_groups_rows_by_image(epochs_ctx, monkeypatch):
+    seen = {}
+    original = training_checkpoints.labelled_rows
+
+    def spy(rows, row_labels=None, *args, **kwargs):
+        seen["row_labels"] = row_labels
+        return original(rows, row_labels, *args, **kwargs)
+
+    monkeypatch.setattr(training_checkpoints, "labelled_rows", spy)
+    result = training_checkpoints.make(epochs_ctx, SETTINGS)
+    assert list(result["models"]) == ["5", "1"]   # as given, not sorted
+    assert seen["row_labels"] == ["val 0: 5", "val 0: 1", "val 1: 5", "val 1: 1"]
+    five, one = result["models"]["5"], result["models"]["1"]
+    assert five["sq_l2_to_conditioning"] == one["sq_l2_to_conditioning"] > 0   # same model, same noise
+    assert five["relative_to_between_inputs"] > 0 and five["encoder_dim"] == epochs_ctx.run.pipeline.encoder.dim
+
+
+def test_closeness_is_zero_when_samples_map_back_onto_their_conditioning(epochs_ctx):
+    images, names = epochs_ctx.input_images(2)
+    block = training_checkpoints.model_blocks(epochs_ctx, images, names, 2)[0]
+    expected = squared_distances_to(block.h, block.sample_reps.view(2, 2, -1)).mean()
+    assert training_checkpoints.closeness(block)["sq_l2_to_conditioning"] == pytest.approx(float(expected))
+    block.sample_reps = block.h.repeat_interleave(2, dim=0)
+    assert training_checkpoints.closeness(block) == {"sq_l2_to_conditioning": 0.0, "relative_to_between_inputs": 0.0}
+    assert torch.equal(block.sample_reps[0], block.h[0])
+
+
+def test_training_checkpoints_needs_two_checkpoints(figure_ctx):
+    with pytest.raises(RCDMError, match="ckpts="):
+        training_checkpoints.make(figure_ctx, SETTINGS)
