@@ -51,7 +51,7 @@ MODELS = $(if $(CKPTS),ckpts=$(CKPTS),ckpt=$(CKPT))
 figures: $(STAMP)
 	@test -n "$(CKPT)" || { echo "usage: make figures CKPT=outputs/<run>/checkpoints/last.ckpt"; exit 2; }
 	$(VENV)/bin/rcdm-figure -m experiment=$(SINGLE_MODEL_FIGURES) ckpt=$(CKPT) \
-	    'hydra.sweep.dir=outputs/figures/$${rcdm_run_name:$${ckpt},$${ckpts}}' 'hydra.sweep.subdir=$${figure.name}' $(ARGS)
+	    'hydra.sweep.dir="outputs/figures/$${rcdm_run_name:$${ckpt},$${ckpts}}"' 'hydra.sweep.subdir=$${figure.name}' $(ARGS)
 
 fig-%: $(STAMP)
 	@test -n "$(CKPT)$(CKPTS)" || { echo "usage: make fig-$* CKPT=outputs/<run>/checkpoints/last.ckpt"; exit 2; }
