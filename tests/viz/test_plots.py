@@ -31,8 +31,14 @@ def test_box_plot_refuses_bad_groups(tmp_path):
         box_plot({}, tmp_path / "x.png")
     with pytest.raises(RCDMError, match="'flip'"):
         box_plot({"flip": []}, tmp_path / "x.png")
-    with pytest.raises(RCDMError, match="log_scale=False"):
-        box_plot({"same image": [0.0, 1.0]}, tmp_path / "x.png", log_scale=True)
+    with pytest.raises(ValueError, match="non-finite"):
+        box_plot({"flip": [1.0, float("inf")]}, tmp_path / "x.png")
+
+
+def test_log_box_plot_survives_exact_zeros(tmp_path):
+    # A training duplicate of the conditioning gives distance 0, which a plain log axis cannot show.
+    path = box_plot({"train neighbours": [0.0, 0.5, 2.0], "flip": [1.0, 3.0]}, tmp_path / "zeros.png", log_scale=True)
+    assert _opens_as_png(path)
 
 
 def test_rank_counts_pile_the_tail_into_the_last_bin():

@@ -44,23 +44,31 @@ def box_plot(
     """One box per group, in insertion order, each labelled with its name and size; writes a PNG at `path`.
 
     Groups differ wildly in size (one flip per image, hundreds of same-class images), hence the "n=" in each label.
-    Long or many labels are rotated so they stay readable.
+    Long or many labels are rotated so they stay readable. With `log_scale`, values <= 0 switch the axis to symlog
+    (linear below the smallest positive value) instead of being dropped.
     """
     if not groups:
         raise RCDMError("box_plot needs at least one group of distances")
     names = list(groups)
     data = [_as_flat(groups[name], f"group {name!r}").numpy() for name in names]
-    if log_scale and any((values <= 0).any() for values in data):
-        raise RCDMError("a log-scale box plot needs strictly positive distances; pass log_scale=False")
     labels = [f"{name}\n(n={len(values)})" for name, values in zip(names, data, strict=True)]
-    figure = Figure(figsize=(max(4.0, 1.0 + 0.9 * len(names)), 4.0), layout="constrained")
+    figure = Figure(figsize=(min(14.0, max(4.0, 1.0 + 0.9 * len(names))), 4.0), layout="constrained")
     ax = figure.add_subplot()
     ax.boxplot(data, showmeans=True)
     # Set tick labels ourselves: boxplot's `labels` keyword was renamed across matplotlib versions.
     rotate = len(names) > 6 or max(len(name) for name in names) > 10
     ax.set_xticks(range(1, len(names) + 1), labels, rotation=30 if rotate else 0, ha="right" if rotate else "center")
     if log_scale:
-        ax.set_yscale("log")
+        positive = [values[values > 0] for values in data]
+        if all(values.size for values in data) and all(len(p) == len(v) for p, v in zip(positive, data, strict=True)):
+            ax.set_yscale("log")
+        else:
+            # An exact 0 (a training duplicate of the conditioning, say) has no place on a log axis; rather than fail
+            # after an expensive evaluation, go linear below the smallest positive value and log above it.
+            smallest = min((p.min() for p in positive if p.size), default=1.0)
+            ax.set_yscale("symlog", linthresh=float(smallest))
+            if min(values.min() for values in data) >= 0:
+                ax.set_ylim(bottom=0)   # distances: no empty negative half of the symlog axis
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
@@ -98,7 +106,8 @@ def rank_histogram(
     counts = {name: rank_counts(values, max_rank) for name, values in ranks.items()}
     bins = max_rank + 1 if tail else max_rank
     width = 0.8 / len(counts)
-    figure = Figure(figsize=(max(5.0, 2.0 + 0.3 * bins * len(counts) ** 0.5), 3.5), layout="constrained")
+    # Wide enough for side-by-side bars, capped so hundreds of ranks still give a page-sized figure.
+    figure = Figure(figsize=(min(12.0, max(5.0, 2.0 + 0.3 * bins * len(counts) ** 0.5)), 3.5), layout="constrained")
     ax = figure.add_subplot()
     for index, (name, metric_counts) in enumerate(counts.items()):
         offset = (index - (len(counts) - 1) / 2) * width
