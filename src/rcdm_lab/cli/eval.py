@@ -28,6 +28,9 @@ EVALUATORS: dict[str, Callable[..., dict]] = {
     "kde": kde.evaluate,
 }
 
+# What the one-line summary per metric prints (the JSON has everything).
+HEADLINE_NUMBERS = {"mean_rank", "mrr", "top1", "mean", "fid", "kid_mean", "is_mean", "measured_sigma"}
+
 
 def load_run(cfg: DictConfig) -> TrainedRun:
     """The checkpoint and its data (or the `data=` group the user picked instead)."""
@@ -49,7 +52,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         write_json(out / f"{name}.json", result)
         results[name] = result
         summary = ", ".join(f"{k}={v:.4g}" for k, v in numbers(result).items()
-                            if not k.startswith("sampling/") and k != "seconds")
+                            if k.rsplit("/", 1)[-1] in HEADLINE_NUMBERS)
         print(f"{name} ({result['seconds']:.0f} s): {summary}")
     # results.json gathers every metric evaluated in this folder so far: running fid after faithfulness keeps both.
     gathered = {}
