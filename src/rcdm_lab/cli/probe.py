@@ -10,7 +10,6 @@ import json
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,68 +22,7 @@ from torch import Tensor
 from rcdm_lab.cli.common import hydra_entry, require_values
 from rcdm_lab.cli.train import encoder_spec
 from rcdm_lab.data.cache import RepresentationCache
-from rcdm_lab.errors import RCDMError
-from rcdm_lab.metrics.probe import (
-    LinearProbe,
-    bin_names,
-    bin_values,
-    quantile_bins,
-    save_probes,
-    train_linear_probe,
-)
-
-
-@dataclass
-class Factor:
-    """One probing target: class indices per split, and what each class means."""
-
-    name: str
-    kind: str  # "class", or "continuous" (binned into quantile classes)
-    y_train: Tensor
-    y_val: Tensor
-    class_names: list[str]
-
-
-def factor_kinds(dataset: Any) -> dict[str, str]:
-    """{factor: "class" | "continuous"}; datasets without factor metadata (folder, CIFAR) have one "class"."""
-    names = getattr(dataset, "factor_names", None)
-    if names is None:
-        return {name: "class" for name in dataset.labels(0)}
-    return {name: dataset.factor_kinds[name] for name in names}
-
-
-def _class_names(dataset: Any, factor: str, num_classes: int) -> list[str]:
-    if hasattr(dataset, "class_names"):
-        return list(dataset.class_names(factor))
-    classes = getattr(dataset, "classes", None)
-    if factor == "class" and classes is not None and len(classes) == num_classes:
-        return [str(c) for c in classes]
-    return [str(i) for i in range(num_classes)]
-
-
-def label_columns(dataset: Any) -> dict[str, Tensor]:
-    """{factor: (N,) labels} of every item, without rendering or decoding images."""
-    rows = [dataset.labels(i) for i in range(len(dataset))]
-    return {name: torch.stack([row[name] for row in rows]) for name in rows[0]}
-
-
-def probing_targets(train_set: Any, val_set: Any, num_bins: int) -> list[Factor]:
-    """Every labelled factor as class indices; continuous ones binned at the TRAIN split's quantiles."""
-    train_labels, val_labels = label_columns(train_set), label_columns(val_set)
-    factors = []
-    for name, kind in factor_kinds(train_set).items():
-        y_train, y_val = train_labels[name], val_labels[name]
-        if kind == "class":
-            num_classes = int(train_set.num_classes(name))
-            factors.append(Factor(name, kind, y_train.long(), y_val.long(), _class_names(train_set, name, num_classes)))
-        elif kind == "continuous":
-            edges = quantile_bins(y_train, num_bins)
-            low, high = float(min(y_train.min(), y_val.min())), float(max(y_train.max(), y_val.max()))
-            factors.append(Factor(name, kind, bin_values(y_train, edges), bin_values(y_val, edges),
-                                  bin_names(edges, low, high)))
-        else:
-            raise RCDMError(f"factor {name!r} has unknown kind {kind!r}: expected 'class' or 'continuous'")
-    return factors
+from rcdm_lab.metrics.probe import LinearProbe, probing_targets, save_probes, train_linear_probe
 
 
 def cached_representations(datamodule: Any, split: str) -> Tensor:
