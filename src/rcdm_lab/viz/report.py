@@ -7,35 +7,33 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import Logger, WandbLogger
 
 
-def numbers(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """The finite numbers of a nested results dict, flattened to 'a/b/c' keys (what loggers take)."""
-    flat: dict[str, float] = {}
+def _leaves(results: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str, Any]]:
+    """(flattened 'a/b/c' key, own key, value) of every non-dict value of a nested results dict."""
     for key, value in results.items():
         name = f"{prefix}/{key}" if prefix else str(key)
         if isinstance(value, Mapping):
-            flat.update(numbers(value, name))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            flat[name] = float(value)
-    return flat
+            yield from _leaves(value, name)
+        else:
+            yield name, str(key), value
+
+
+def numbers(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The finite numbers of a nested results dict, flattened to 'a/b/c' keys (what loggers take)."""
+    return {name: float(value) for name, _, value in _leaves(results, prefix)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
 
 
 def pngs(results: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Every '*_png' path in a nested results dict, keyed like `numbers`."""
-    found: dict[str, str] = {}
-    for key, value in results.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            found.update(pngs(value, name))
-        elif str(key).endswith("_png") and value:
-            found[name.removesuffix("_png")] = str(value)
-    return found
+    """Every '*_png' path in a nested results dict, keyed like `numbers` (without the suffix)."""
+    return {name.removesuffix("_png"): str(value) for name, key, value in _leaves(results, prefix)
+            if key.endswith("_png") and value}
 
 
 def write_json(path: str | Path, results: Mapping[str, Any]) -> Path:
