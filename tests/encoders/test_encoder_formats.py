@@ -8,6 +8,7 @@ timm ViT holding the same tensors. No test touches the network: downloads are mo
 from __future__ import annotations
 
 import argparse
+import functools
 import urllib.error
 from collections.abc import Callable
 from pathlib import Path
@@ -114,8 +115,24 @@ def dino_checkpoint(trunk: dict, head: dict) -> dict:
     return {"student": teacher, "teacher": teacher, "epoch": 100, "args": argparse.Namespace(arch="resnet50")}
 
 
-def vissl_checkpoint(trunk: dict, head: dict) -> dict:
-    model = {"trunk": _prefixed(trunk, "_feature_blocks."), "heads": _prefixed(head, "0.clf.")}
+# The published VISSL files hold a *list* of MLP heads, each an nn.Sequential named clf ("<head>.clf.<layer>.*"):
+# SimCLR (model_final_checkpoint_phase799.torch): 0.clf.0 Linear 2048->2048, ReLU, 1.clf.0 Linear 2048->128.
+# Barlow Twins (barlow_twins_32gpus_4node_imagenet1k_1000ep_resnet50.torch): 0.clf.0 Linear 2048->8192 (no bias),
+# 0.clf.1 BatchNorm1d, ReLU; 1.clf.0, 1.clf.1, ReLU; 2.clf.0 Linear 8192->8192 (no bias).
+# Renames from the reference nn.Sequential's layer indices to those names:
+VISSL_HEAD_KEYS = {
+    "simclr": {"0": "0.clf.0", "2": "1.clf.0"},
+    "barlow": {"0": "0.clf.0", "1": "0.clf.1", "3": "1.clf.0", "4": "1.clf.1", "6": "2.clf.0"},
+}
+
+
+def vissl_checkpoint(trunk: dict, head: dict, kind: str = "simclr") -> dict:
+    renames = VISSL_HEAD_KEYS[kind]
+    heads = {}
+    for key, value in head.items():
+        layer, _, entry = key.partition(".")
+        heads[f"{renames[layer]}.{entry}"] = value
+    model = {"trunk": _prefixed(trunk, "_feature_blocks."), "heads": heads}
     return {"phase_idx": 799, "iteration": 1000, "classy_state_dict": {"base_model": {"model": model, "meta": {}}}}
 
 
@@ -131,8 +148,8 @@ def swav_checkpoint(trunk: dict, head: dict) -> dict:
 
 FORMATS = {  # encoder name -> (head kind, checkpoint writer, head dim)
     "dino_resnet50": ("dino", dino_checkpoint, 256),
-    "simclr_resnet50": ("simclr", vissl_checkpoint, 128),
-    "barlow_resnet50": ("barlow", vissl_checkpoint, 8192),
+    "simclr_resnet50": ("simclr", functools.partial(vissl_checkpoint, kind="simclr"), 128),
+    "barlow_resnet50": ("barlow", functools.partial(vissl_checkpoint, kind="barlow"), 8192),
     "vicreg_resnet50": ("vicreg", vicreg_checkpoint, 8192),
     "swav_resnet50": ("swav", swav_checkpoint, 128),
 }
@@ -165,6 +182,18 @@ def test_publisher_checkpoint_gives_the_resnet_features_and_the_head(tmp_path, n
     output = projector(images)
     assert output.shape == (2, head_dim)
     torch.testing.assert_close(output, expected_head, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, keys", [
+    ("simclr", {"0.clf.0.weight", "0.clf.0.bias", "1.clf.0.weight", "1.clf.0.bias"}),
+    ("barlow", {"0.clf.0.weight", "0.clf.1.weight", "0.clf.1.bias", "0.clf.1.running_mean", "0.clf.1.running_var",
+                "0.clf.1.num_batches_tracked", "1.clf.0.weight", "1.clf.1.weight", "1.clf.1.bias",
+                "1.clf.1.running_mean", "1.clf.1.running_var", "1.clf.1.num_batches_tracked", "2.clf.0.weight"}),
+])
+def test_vissl_test_files_hold_exactly_the_published_head_keys(trunk_state, kind, keys):
+    # Guards the fixture above: the files these tests load are laid out as VISSL publishes them.
+    heads = vissl_checkpoint(trunk_state, _head_with_state(kind)[1], kind)["classy_state_dict"]["base_model"]
+    assert set(heads["model"]["heads"]) == keys
 
 
 def test_supervised_resnet50_reads_a_torchvision_state_dict(tmp_path, trunk_state, reference_trunk, images):

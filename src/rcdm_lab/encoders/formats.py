@@ -101,8 +101,8 @@ def _split_vissl(checkpoint: Any) -> SplitWeights:
         found = preview([str(key) for key in checkpoint]) if isinstance(checkpoint, Mapping) else "no dict"
         raise ValueError(f"no classy_state_dict/base_model/model/trunk inside (top-level keys: {found})") from error
     trunk = strip_prefixes(tensor_dict(trunk, "the VISSL trunk"), ["_feature_blocks."])
-    # heads is a ModuleList of VISSL MLPs: "0.clf.<i>.weight" -> our nn.Sequential's "<i>.weight".
-    head = strip_prefixes(tensor_dict(heads, "the VISSL heads"), ["0.", "clf."]) if heads else None
+    # heads is VISSL's list of MLP heads applied in turn ("<head>.clf.<layer>.*"); our heads keep those names.
+    head = tensor_dict(heads, "the VISSL heads") if heads else None
     return SplitWeights(trunk, head)
 
 
@@ -129,7 +129,7 @@ CHECKPOINT_FORMATS: dict[str, CheckpointFormat] = {
         "keys (or the backbone-only dino_resnet50_pretrain.pth state dict)", _split_dino),
     "vissl": CheckpointFormat(
         "a VISSL checkpoint: classy_state_dict -> base_model -> model -> trunk (_feature_blocks.* keys) and heads "
-        "(0.clf.* keys)", _split_vissl),
+        "(a list of MLP heads: 0.clf.*, 1.clf.*, ...)", _split_vissl),
     "vicreg": CheckpointFormat(
         "an official VICReg full checkpoint: a dict with 'model' holding module.backbone.* and module.projector.* "
         "keys (or the backbone-only resnet50.pth state dict)", _split_vicreg),

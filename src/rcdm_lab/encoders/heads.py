@@ -33,12 +33,41 @@ def dino_head() -> nn.Module:
     return DinoHead()
 
 
+class VisslMLP(nn.Module):
+    """One VISSL "mlp" head: ``clf`` = Linear [-BatchNorm1d] [-ReLU] (keys ``clf.<i>.*``, as VISSL writes them).
+
+    VISSL skips the BatchNorm and ReLU after the last Linear unless ``skip_last_layer_relu_bn=False``.
+    """
+
+    def __init__(self, dims: list[int], *, use_bn: bool = False, use_relu: bool = False, use_bias: bool = True,
+                 skip_last_layer_relu_bn: bool = True) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i, (width_in, width_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+            layers.append(nn.Linear(width_in, width_out, bias=use_bias))
+            if i == len(dims) - 2 and skip_last_layer_relu_bn:
+                break
+            if use_bn:
+                layers.append(nn.BatchNorm1d(width_out))
+            if use_relu:
+                layers.append(nn.ReLU())
+        self.clf = nn.Sequential(*layers)
+
+    def forward(self, features):
+        return self.clf(features)
+
+
 def simclr_head() -> nn.Module:
-    return mlp([2048, 2048, 128], batch_norm=False)  # VISSL SimCLR: Linear-ReLU-Linear
+    """VISSL SimCLR's two heads (keys 0.clf.0.*, 1.clf.0.*): Linear 2048->2048, ReLU, Linear 2048->128."""
+    return nn.Sequential(VisslMLP([2048, 2048], use_relu=True, skip_last_layer_relu_bn=False),
+                         VisslMLP([2048, 128]))
 
 
 def barlow_head() -> nn.Module:
-    return mlp([2048, 8192, 8192, 8192], batch_norm=True, bias=False, last_bias=False)
+    """VISSL Barlow Twins' three heads: 2x [Linear (no bias) -BN-ReLU] to 8192, then Linear 8192->8192 (no bias)."""
+    hidden = {"use_bn": True, "use_relu": True, "use_bias": False, "skip_last_layer_relu_bn": False}
+    return nn.Sequential(VisslMLP([2048, 8192], **hidden), VisslMLP([8192, 8192], **hidden),
+                         VisslMLP([8192, 8192], use_bias=False))
 
 
 def vicreg_head() -> nn.Module:
