@@ -1,9 +1,20 @@
-import time
+import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
-from rcdm_lab.data.shapes import COLOUR_RGB, SCALE_RANGE, SHAPE_CLASSES, ShapesDataset
+from rcdm_lab.data.shapes import (
+    COLOUR_RGB,
+    SCALE_RANGE,
+    SHAPE_CLASSES,
+    SYMMETRY_PERIOD,
+    ShapeFactors,
+    ShapesDataset,
+    _object_coverage,
+    render,
+    rotation_label,
+)
 from rcdm_lab.errors import RCDMError
 
 
@@ -50,8 +61,9 @@ def test_labels_have_declared_kinds_and_ranges_and_all_shapes_occur():
         scale = float(labels["scale"])
         assert SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]
         for axis in ("x", "y"):
-            assert scale / 2 - 1e-6 <= float(labels[axis]) <= 1 - scale / 2 + 1e-6
-        assert 0.0 <= float(labels["rotation"]) < 360.0
+            assert 0.0 < float(labels[axis]) < 1.0
+        period = SYMMETRY_PERIOD[SHAPE_CLASSES[int(labels["shape"])]]
+        assert 0.0 <= float(labels["rotation"]) < (period or 1e-9)
         assert int(labels["object_colour"]) != int(labels["background_colour"])
         seen_shapes.add(int(labels["shape"]))
     assert seen_shapes == set(range(len(SHAPE_CLASSES)))
@@ -90,10 +102,49 @@ def test_fingerprint_tracks_what_determines_pixels():
     assert ShapesDataset(image_size=16, seed=3).fingerprint() != reference
 
 
-def test_render_speed_is_reported():
-    dataset = ShapesDataset(image_size=112, num_train=200)
-    start = time.perf_counter()
-    images = [dataset[i]["image"] for i in range(len(dataset))]
-    elapsed = time.perf_counter() - start
-    print(f"shapes render speed at 112 px: {len(images) / elapsed:.0f} images/s")
-    assert images[-1].shape == (3, 112, 112)
+def _mask_centroid(coverage: np.ndarray) -> tuple[float, float]:
+    ys, xs = (np.indices(coverage.shape) + 0.5) / coverage.shape[0]
+    return float((xs * coverage).sum() / coverage.sum()), float((ys * coverage).sum() / coverage.sum())
+
+
+def test_x_and_y_labels_are_the_centroid_of_the_rendered_shape():
+    dataset = ShapesDataset(image_size=128, num_train=120)
+    seen = set()
+    for index in range(len(dataset)):
+        factors, labels = dataset.factors(index), dataset.labels(index)
+        x, y = _mask_centroid(_object_coverage(factors, 128))
+        # Half a pixel at 128 px: the crescent's disc centre is up to 0.14 image widths from what is drawn.
+        assert float(labels["x"]) == pytest.approx(x, abs=0.004), SHAPE_CLASSES[factors.shape]
+        assert float(labels["y"]) == pytest.approx(y, abs=0.004), SHAPE_CLASSES[factors.shape]
+        seen.add(factors.shape)
+    assert seen == set(range(len(SHAPE_CLASSES)))
+
+
+@pytest.mark.parametrize("shape", SHAPE_CLASSES)
+def test_rotation_label_is_defined_modulo_the_shapes_symmetry(shape):
+    base = ShapeFactors(shape=SHAPE_CLASSES.index(shape), object_colour=0, background_colour=3, texture=0,
+                        scale=0.6, x=0.5, y=0.5, rotation=17.0)
+    period = SYMMETRY_PERIOD[shape]
+    turned = dataclasses.replace(base, rotation=17.0 + (period or 45.0))
+    # The same picture gets the same label ...
+    assert np.abs(render(base, 64) - render(turned, 64)).mean() < 1e-3
+    assert rotation_label(base) == pytest.approx(rotation_label(turned), abs=1e-9)
+    # ... and a rotation that changes the picture (not a symmetry) changes the label.
+    if period is None:
+        assert rotation_label(base) == 0.0
+    else:
+        assert rotation_label(base) == pytest.approx(17.0)
+        quarter = dataclasses.replace(base, rotation=17.0 + period / 4)
+        assert np.abs(render(base, 64) - render(quarter, 64)).mean() > 1e-3
+        assert rotation_label(quarter) == pytest.approx(17.0 + period / 4)
+
+
+def test_object_area_follows_the_scale_label():
+    # A bug in how scale sizes the object (radius vs diameter, a forgotten factor) breaks area ~ scale^2.
+    dataset = ShapesDataset(image_size=96, num_train=300)
+    square = SHAPE_CLASSES.index("square")
+    ratios = [float(_object_coverage(dataset.factors(i), 96).sum()) / (96 * float(dataset.labels(i)["scale"])) ** 2
+              for i in range(len(dataset)) if int(dataset.labels(i)["shape"]) == square]
+    assert len(ratios) >= 10
+    # A square inscribed in a circle of diameter scale * S covers half of (scale * S)^2.
+    assert np.allclose(ratios, 0.5, atol=0.01)

@@ -60,7 +60,10 @@ _SPLITS = {"train": 0, "val": 1}
 
 @dataclass(frozen=True)
 class ShapeFactors:
-    """What determines one image; x, y: object centre as a fraction of the image (y points down)."""
+    """What determines one image; x, y: centre of the circumscribed circle, as a fraction of the image (y down).
+
+    The dataset's labels report what is visible instead: see `visible_centre` and `rotation_label`.
+    """
 
     shape: int
     object_colour: int
@@ -117,6 +120,23 @@ _SHAPE_STROKES: dict[str, list[tuple[np.ndarray, int]]] = {
 }
 assert tuple(_SHAPE_STROKES) == SHAPE_CLASSES
 
+# Rotations that leave each shape unchanged: a rotation label is only defined modulo this period (degrees).
+# None: every rotation looks the same (the circle), so its rotation label is 0. The heart and the crescent are only
+# mirror-symmetric: 360.
+SYMMETRY_PERIOD: dict[str, float | None] = {
+    "circle": None,
+    "square": 90.0,
+    "triangle": 120.0,
+    "star": 72.0,
+    "cross": 90.0,
+    "hexagon": 60.0,
+    "heart": 360.0,
+    "crescent": 360.0,
+}
+assert tuple(SYMMETRY_PERIOD) == SHAPE_CLASSES
+# Side of the canvas on which each unit shape is drawn once to find the centroid of its visible area.
+_CENTROID_CANVAS = 1024
+
 
 def sample_factors(seed: int, split: str, index: int) -> ShapeFactors:
     """The factors of item `index`: an independent random stream per (seed, split, index)."""
@@ -170,18 +190,51 @@ def _texture_colour(rgb: np.ndarray) -> np.ndarray:
 def _object_coverage(factors: ShapeFactors, image_size: int) -> np.ndarray:
     """(S, S) float32 in [0, 1]: the object drawn at 4x and box-filtered down, i.e. antialiased coverage."""
     n = image_size * _SUPERSAMPLING
-    theta = math.radians(factors.rotation)
-    # Counter-clockwise on screen, where y points down.
-    rotation = np.array([[math.cos(theta), math.sin(theta)], [-math.sin(theta), math.cos(theta)]])
-    radius = factors.scale * n / 2
     centre = np.array([factors.x * n, factors.y * n])
-    canvas = Image.new("L", (n, n), 0)
-    draw = ImageDraw.Draw(canvas)
-    for polygon, fill in _SHAPE_STROKES[SHAPE_CLASSES[factors.shape]]:
-        points = polygon @ rotation.T * radius + centre
-        draw.polygon([tuple(p) for p in points.tolist()], fill=fill)
+    canvas = _draw(SHAPE_CLASSES[factors.shape], n, centre, factors.scale * n / 2, _rotation_matrix(factors.rotation))
     small = canvas.resize((image_size, image_size), Image.Resampling.BOX)
     return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def _draw(shape: str, canvas_size: int, centre: np.ndarray, radius: float, rotation: np.ndarray) -> Image.Image:
+    canvas = Image.new("L", (canvas_size, canvas_size), 0)
+    draw = ImageDraw.Draw(canvas)
+    for polygon, fill in _SHAPE_STROKES[shape]:
+        points = polygon @ rotation.T * radius + centre
+        draw.polygon([tuple(p) for p in points.tolist()], fill=fill)
+    return canvas
+
+
+@lru_cache(maxsize=None)
+def unit_centroid(shape: str) -> np.ndarray:
+    """(2,) centroid of the shape's visible area, unrotated, in units of its circumscribed radius (y down).
+
+    The centre of the circumscribed circle for the symmetric polygons; off it for the heart and the crescent (a
+    disc with a bite taken out, whose visible part sits well left of the disc's centre).
+    """
+    size = _CENTROID_CANVAS
+    mask = np.asarray(_draw(shape, size, np.array([size / 2, size / 2]), size * 0.45, np.eye(2)), dtype=np.float64)
+    ys, xs = np.indices(mask.shape) + 0.5
+    centroid = np.array([(xs * mask).sum(), (ys * mask).sum()]) / mask.sum()
+    return (centroid - size / 2) / (size * 0.45)
+
+
+def _rotation_matrix(degrees: float) -> np.ndarray:
+    theta = math.radians(degrees)
+    # Counter-clockwise on screen, where y points down.
+    return np.array([[math.cos(theta), math.sin(theta)], [-math.sin(theta), math.cos(theta)]])
+
+
+def visible_centre(factors: ShapeFactors) -> tuple[float, float]:
+    """(x, y) of the centroid of the drawn shape, as fractions of the image (what the x and y labels report)."""
+    offset = _rotation_matrix(factors.rotation) @ unit_centroid(SHAPE_CLASSES[factors.shape]) * factors.scale / 2
+    return factors.x + float(offset[0]), factors.y + float(offset[1])
+
+
+def rotation_label(factors: ShapeFactors) -> float:
+    """The rotation modulo the shape's symmetry period, in [0, period) degrees (0 for the circle)."""
+    period = SYMMETRY_PERIOD[SHAPE_CLASSES[factors.shape]]
+    return 0.0 if period is None else math.fmod(factors.rotation, period)
 
 
 def render(factors: ShapeFactors, image_size: int) -> np.ndarray:
@@ -201,7 +254,9 @@ class ShapesDataset(Dataset):
     """Procedural shapes; items are {"image": (3, S, S) in [0, 1], "labels": {factor: scalar tensor}}.
 
     Class factors are LongTensors (index into `class_names(factor)`); continuous factors are float32: scale in
-    SCALE_RANGE, x and y in [0, 1], rotation in degrees [0, 360). The validation split is its own stream.
+    SCALE_RANGE; x and y in [0, 1], the centroid of the visible shape; rotation in degrees modulo the shape's
+    symmetry period (`SYMMETRY_PERIOD`: [0, 90) for a square, 0 for the circle), so each label is a function of
+    the pixels and a perfect probe can read it exactly. The validation split is its own stream.
     """
 
     factor_names: tuple[str, ...] = (
@@ -264,10 +319,12 @@ class ShapesDataset(Dataset):
         return self._labels_of(self.factors(index))
 
     def _labels_of(self, factors: ShapeFactors) -> dict[str, Tensor]:
+        x, y = visible_centre(factors)
+        # What the picture shows: x, y where the visible shape's centroid is, rotation modulo the shape's symmetry.
+        values = {**{name: getattr(factors, name) for name in self.factor_names},
+                  "x": x, "y": y, "rotation": rotation_label(factors)}
         return {
-            name: torch.tensor(getattr(factors, name), dtype=torch.long)
-            if self.factor_kinds[name] == "class"
-            else torch.tensor(getattr(factors, name), dtype=torch.float32)
+            name: torch.tensor(values[name], dtype=torch.long if self.factor_kinds[name] == "class" else torch.float32)
             for name in self.factor_names
         }
 
