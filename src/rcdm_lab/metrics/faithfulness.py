@@ -1,8 +1,10 @@
 """Are samples recognisably generated from their own conditioning? Paper Table 1b (mean rank, MRR) and Fig. 17.
 
-For N conditionings with k samples each, every sample is encoded with the same frozen encoder and the N
-conditioning representations are sorted by distance to it: the rank of its own conditioning is 1 when the sample's
-nearest conditioning is its own, and (N + 1) / 2 on average for samples unrelated to their conditioning.
+For N conditionings with k samples each, every sample is encoded with the same frozen encoder and the whole
+validation gallery (every validation representation, G >= N of them, as the paper ranks among the 50 000 ImageNet
+validation images) is sorted by distance to it: the rank of its own conditioning is 1 when the sample's nearest
+gallery item is its own conditioning, and (G + 1) / 2 on average for samples unrelated to their conditioning.
+Ranking only among the N sampled conditionings would cap ranks at N and flatter the model.
 """
 
 from __future__ import annotations
@@ -20,43 +22,53 @@ if TYPE_CHECKING:
     from rcdm_lab.trained_run import TrainedRun
 
 
-def conditioning_ranks(sample_reps: Tensor, cond_reps: Tensor, samples_per_condition: int, metric: str = "l2",
-                       batch_size: int = 1024) -> Tensor:
-    """(N * k,) rank (1 = best) of each sample's own conditioning among all N conditionings, by distance.
+def grouped_owners(num_conditionings: int, samples_per_condition: int) -> Tensor:
+    """Owners of samples grouped by conditioning (as `RCDMPipeline.sample` returns them) in a gallery of those."""
+    return torch.arange(num_conditionings).repeat_interleave(samples_per_condition)
 
-    `sample_reps` is (N * k, D) grouped by conditioning, as `RCDMPipeline.sample` returns samples. A conditioning
-    tied with the own one does not push it down (rank = 1 + number of strictly closer conditionings).
+
+def conditioning_ranks(sample_reps: Tensor, gallery: Tensor, owners: Tensor, metric: str = "l2",
+                       batch_size: int = 1024) -> Tensor:
+    """(S,) rank (1 = best) of each sample's own conditioning among all G gallery representations, by distance.
+
+    `sample_reps` is (S, D); `gallery` (G, D); `owners` (S,) the gallery row of each sample's conditioning. A
+    gallery item tied with the own one does not push it down (rank = 1 + number of strictly closer items).
     """
-    if len(sample_reps) != len(cond_reps) * samples_per_condition:
-        raise ValueError(f"{len(sample_reps)} sample representations for {len(cond_reps)} conditionings x "
-                         f"{samples_per_condition} samples")
-    cond_reps = cond_reps.to(sample_reps.device)
-    owners = torch.arange(len(cond_reps), device=sample_reps.device).repeat_interleave(samples_per_condition)
+    owners = torch.as_tensor(owners, dtype=torch.long)
+    if owners.shape != (len(sample_reps),):
+        raise ValueError(f"{len(sample_reps)} sample representations but {tuple(owners.shape)} owners")
+    if len(owners) and not 0 <= int(owners.min()) <= int(owners.max()) < len(gallery):
+        raise ValueError(f"owners must index the gallery of {len(gallery)} representations")
+    gallery, owners = gallery.to(sample_reps.device), owners.to(sample_reps.device)
     ranks = []
     for start in range(0, len(sample_reps), batch_size):
-        distances = pairwise_distances(sample_reps[start:start + batch_size], cond_reps, metric)
+        distances = pairwise_distances(sample_reps[start:start + batch_size], gallery, metric)
         own = distances.gather(1, owners[start:start + batch_size, None])
         ranks.append(1 + (distances < own).sum(dim=1))
     return torch.cat(ranks).cpu()
 
 
-def rank_summary(ranks: Tensor, num_conditionings: int) -> dict[str, float]:
-    """Mean rank, mean reciprocal rank, top-1 and median, with the values chance would give."""
+def rank_summary(ranks: Tensor, gallery_size: int) -> dict[str, float]:
+    """Mean rank, mean reciprocal rank, top-1 and median, with the values chance would give in that gallery."""
     ranks = ranks.double()
     return {
         "mean_rank": float(ranks.mean()),
         "mrr": float((1 / ranks).mean()),
         "top1": float((ranks == 1).double().mean()),
         "median_rank": float(ranks.median()),
-        "chance_mean_rank": (num_conditionings + 1) / 2,
-        "chance_top1": 1 / num_conditionings,
+        "chance_mean_rank": (gallery_size + 1) / 2,
+        "chance_top1": 1 / gallery_size,
     }
 
 
 def nearest_conditioning_accuracy(sample_reps: Tensor, cond_reps: Tensor, samples_per_condition: int,
                                   metric: str = "l2") -> float:
-    """Fraction of samples whose nearest conditioning is their own (top-1 of `conditioning_ranks`)."""
-    ranks = conditioning_ranks(sample_reps, cond_reps, samples_per_condition, metric)
+    """Fraction of samples whose nearest among the N conditionings (the gallery here) is their own.
+
+    The demo's figure (N = 16, chance 1/16); `evaluate` ranks against the whole validation gallery instead.
+    """
+    owners = grouped_owners(len(cond_reps), samples_per_condition)
+    ranks = conditioning_ranks(sample_reps, cond_reps, owners, metric)
     return float((ranks == 1).double().mean())
 
 
@@ -65,16 +77,20 @@ def evaluate(run: TrainedRun, settings: Mapping[str, Any], sampling: Mapping[str
     from rcdm_lab.viz.grid import conditioning_grid, save_png
     from rcdm_lab.viz.plots import rank_histogram
 
-    n, k = int(settings["num_conditionings"]), int(settings["samples_per_conditioning"])
+    n = run.count("val", settings["num_conditionings"], "faithfulness.num_conditionings", default=256)
+    k = int(settings["samples_per_conditioning"])
     items = run.val_items(n, "faithfulness.num_conditionings")
+    gallery = run.representations("val")
     samples = run.sample(items["h"], k, sampling)
     sample_reps = run.pipeline.encode(samples)
-    results: dict[str, Any] = {"num_conditionings": n, "samples_per_conditioning": k}
+    owners = items["index"].repeat_interleave(k)
+    results: dict[str, Any] = {"num_conditionings": n, "samples_per_conditioning": k, "gallery_size": len(gallery)}
     ranks = {}
     for metric in settings["distances"]:
-        ranks[metric] = conditioning_ranks(sample_reps, items["h"], k, metric)
-        results[metric] = rank_summary(ranks[metric], n)
-    title = f"rank of the conditioning among {n} (k={k}, guidance={sampling.get('guidance', 1.0):g})"
+        ranks[metric] = conditioning_ranks(sample_reps, gallery, owners, metric)
+        results[metric] = rank_summary(ranks[metric], len(gallery))
+    title = (f"rank of the conditioning among {len(gallery)} validation images "
+             f"({n} conditionings x {k}, guidance={sampling.get('guidance', 1.0):g})")
     results["rank_histogram_png"] = str(rank_histogram(ranks, out_dir / "faithfulness_ranks.png",
                                                        max_rank=int(settings["max_rank_plotted"]), title=title))
     shown = min(n, int(settings["rows_shown"]))
