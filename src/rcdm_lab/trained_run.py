@@ -62,6 +62,21 @@ class TrainedRun:
     def split_size(self, split: str) -> int:
         return len(self.datamodule.dataset(split))
 
+    def count(self, split: str, requested: int | None, what: str, default: int) -> int:
+        """How many items of `split` a setting asks for; None: `default`, or the whole split when it is smaller.
+
+        A default must not fail on a small dataset, so it adapts (and says so in one line); an explicit count is
+        kept as given, and asking for more than the split has is refused where the items are taken.
+        """
+        if requested is not None:
+            return int(requested)
+        available = self.split_size(split)
+        if default > available:
+            print(f"{what}: the {split} split has {available} items, fewer than the default {default}: using all "
+                  f"{available}")
+            return available
+        return default
+
     def val_items(self, n: int, what: str = "conditionings") -> dict:
         """The first n validation items {"x0", "h", "image", "labels", "index"}; an error if there are fewer."""
         available = self.split_size("val")

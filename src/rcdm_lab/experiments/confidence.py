@@ -50,7 +50,7 @@ def _candidates(ctx: FigureContext, num_candidates: int) -> tuple[Tensor, list[s
 
 def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:
     n, k = int(settings["num_images"]), int(settings["samples_per_image"])
-    num_candidates = int(settings["num_candidates"])
+    num_candidates = ctx.run.count("val", settings["num_candidates"], "figure.num_candidates", default=1000)
     if n < 1 or k < 1:
         raise RCDMError(f"figure.num_images and figure.samples_per_image must be >= 1, got {n} and {k}")
     run = ctx.run

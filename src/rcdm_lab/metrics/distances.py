@@ -274,7 +274,8 @@ def evaluate(run: TrainedRun, settings: Mapping[str, Any], sampling: Mapping[str
     from rcdm_lab.metrics.knn import nearest_neighbors
     from rcdm_lab.viz.plots import box_plot
 
-    m, n = int(settings["num_conditionings"]), int(settings["per_reference"])
+    m = run.count("val", settings["num_conditionings"], "distances.num_conditionings", default=8)
+    n = int(settings["per_reference"])
     items = run.val_items(m, "distances.num_conditionings")
     cond = items["h"].cpu()
     val_reps = run.representations("val")

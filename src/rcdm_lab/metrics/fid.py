@@ -395,11 +395,16 @@ class ImageNetClassifier(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ rcdm-eval metric=fid
+def num_samples(run: TrainedRun, settings: Mapping[str, Any]) -> int:
+    """fid.num_samples; null: 1000, or every real image of the reference split when it has fewer."""
+    return run.count(str(settings["reference"]), settings["num_samples"], "fid.num_samples", default=1000)
+
+
 def generated_conditionings(run: TrainedRun, settings: Mapping[str, Any], seed: int) -> Tensor:
     """The h of each generated image: KDE draws around training h (unconditional, Table 1a) or validation h."""
     from rcdm_lab.metrics.kde import kde_sample
 
-    n = int(settings["num_samples"])
+    n = num_samples(run, settings)
     if settings["conditioning"] == "kde":
         h, _ = kde_sample(run.representations("train"), n, float(settings["kde_sigma"]),
                           torch.Generator().manual_seed(seed))
@@ -419,7 +424,7 @@ def evaluate(run: TrainedRun, settings: Mapping[str, Any], sampling: Mapping[str
 
     from rcdm_lab.viz.grid import labelled_rows, save_png
 
-    n, split = int(settings["num_samples"]), str(settings["reference"])
+    n, split = num_samples(run, settings), str(settings["reference"])
     available = run.split_size(split)
     if available < n:
         raise RCDMError(f"fid.num_samples={n} real images needed but the {split} split has {available}: lower "
