@@ -61,11 +61,14 @@ def test_manipulation_rows_are_the_original_zeroed_and_replaced_representations(
     monkeypatch.setattr(figure_ctx, "sample", spy)
     result = manipulation.make(figure_ctx, settings(mode="both", target_offset=[1]))
 
-    # Recompute the protocol independently: the query's 8 training neighbours and their non-zero counts.
+    # The protocol by brute force: the query's 8 training neighbours by cosine similarity (the shipped default, as
+    # the official script's normalised faiss index orders them) and their non-zero counts.
     images, _ = figure_ctx.input_images(2)
     h_query, h_target = figure_ctx.run.pipeline.encode(images).float()
     train = figure_ctx.run.representations("train")
-    _, indices = nearest_neighbors(h_query[None], train, 8)
+    similarity = torch.nn.functional.cosine_similarity(train.double(), h_query.double()[None], dim=1)
+    indices = similarity.argsort(descending=True, stable=True)[None, :8]
+    assert not torch.equal(indices, nearest_neighbors(h_query[None], train, 8, "l2")[1])  # the metric matters here
     counts = (train[indices[0]] != 0).sum(0)
     most, least = counts > 4, (counts >= 1) & (counts <= 2)
     assert most.any() and least.any()
@@ -80,7 +83,7 @@ def test_manipulation_rows_are_the_original_zeroed_and_replaced_representations(
     assert seen["noise"] is None                      # ctx.sample's default: the same noise for every row
     assert result["masks"]["most_common"]["size"] == int(most.sum())
     assert result["masks"]["least_common"]["dims"] == least.nonzero().flatten().tolist()[:64]
-    assert result["neighbors"]["indices"] == indices[0].tolist()
+    assert result["metric"] == "cosine" and result["neighbors"]["indices"] == indices[0].tolist()
     assert result["rows"][0]["sq_l2_to_original"] == 0.0
     assert result["rows"][1]["sq_l2_to_original"] == pytest.approx(float(h_query[most].double().pow(2).sum()))
     picture = Image.open(result["figure_png"])
