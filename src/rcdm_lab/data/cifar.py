@@ -43,8 +43,16 @@ def _load_torchvision_cifar10(root: Path, train: bool, download: bool):
         ) from error
 
 
+NATIVE_SIZE = 32
+
+
 class Cifar10Dataset(Dataset):
-    """Items: {"image": (3, S, S) in [0, 1], "labels": {"class": LongTensor}}; split "val" is the test set."""
+    """Items: {"image": (3, S, S) in [0, 1], "labels": {"class": LongTensor}}; split "val" is the test set.
+
+    S = min(image_size, 32): the 32 px images are never upsampled here. The encoder resizes to its own input size
+    by itself, so a 32 px model's diffusion target stays CIFAR's own pixels (upsampling to 224 and back changed
+    88 % of them, by up to 34 levels, and made FID incomparable with the standard CIFAR statistics).
+    """
 
     factor_names: tuple[str, ...] = ("class",)
     factor_kinds: dict[str, str] = {"class": "class"}
@@ -60,7 +68,7 @@ class Cifar10Dataset(Dataset):
             raise RCDMError(f"CIFAR-10 split must be one of {sorted(_TRAIN_FLAGS)}, got {split!r}")
         self.root = Path(root).expanduser()
         self.split = split
-        self.image_size = int(image_size)
+        self.image_size = min(int(image_size), NATIVE_SIZE)
         cifar = _load_torchvision_cifar10(self.root, _TRAIN_FLAGS[split], download)
         self.data = cifar.data  # (N, 32, 32, 3) uint8
         self.targets: list[int] = list(cifar.targets)
