@@ -65,6 +65,7 @@ def compose(cache: bool, args: argparse.Namespace, output_dir: Path):
         "data.dataset.num_val=8",
         "data.num_workers=0",
         f"trainer.max_steps={args.warmup + args.steps}",
+        f"trainer.precision={args.precision}",
         "trainer.enable_progress_bar=false",
         "+trainer.enable_checkpointing=false",
         "callbacks.checkpoint=null",
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (>= 1)")
     parser.add_argument("--num-train", type=int, default=256, help="shapes training items (cached once)")
     parser.add_argument("--cache-dir", default=".cache/rcdm_lab", help="where the representation cache lives")
+    parser.add_argument("--precision", default="auto", help="trainer.precision (auto: from the hardware)")
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be >= 1")

@@ -1,6 +1,6 @@
 """Training throughput of the UNet + hybrid loss at a given config (no data loading: cached h is free).
 
-    python benchmarks/train_step.py                      # the demo's model, batch 32, bf16 autocast
+    python benchmarks/train_step.py                      # the demo's model, batch 32, precision from the hardware
     python benchmarks/train_step.py --channels 64 --res-blocks 2 --resblock-updown --precision 32   # model=adm
 """
 
@@ -13,6 +13,7 @@ import torch
 
 from rcdm_lab.diffusion import build_diffusion
 from rcdm_lab.models import UNetModel
+from rcdm_lab.precision import announce, resolve_precision
 
 
 def main() -> None:
@@ -26,12 +27,14 @@ def main() -> None:
                         help="ADM's ResBlock down/upsampling (the demo turns it off for CPU speed)")
     parser.add_argument("--ssl-dim", type=int, default=1280)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--precision", choices=["32", "bf16"], default="bf16")
+    parser.add_argument("--precision", default="auto", help="auto (rcdm_lab.precision: bf16 only where native), 32, "
+                        "bf16-mixed")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    precision = announce(resolve_precision(args.precision, "cpu"))
     torch.manual_seed(0)
     unet = UNetModel(image_size=args.resolution, model_channels=args.channels, num_res_blocks=args.res_blocks,
                      channel_mult=[int(m) for m in args.channel_mult.split(",")],
@@ -46,7 +49,7 @@ def main() -> None:
         t = torch.randint(0, diffusion.num_timesteps, (args.batch,))
         noise = torch.randn_like(x0)
         x_t = diffusion.q_sample(x0, t, noise)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        with torch.autocast("cpu", dtype=precision.autocast_dtype, enabled=precision.autocast_dtype is not None):
             out = unet(x_t, t, feat=h, drop_cond=torch.rand(args.batch) < 0.15)
         loss = diffusion.training_losses(out, x0, x_t, t, noise)["loss"].mean()
         optimizer.zero_grad(set_to_none=True)
@@ -60,7 +63,7 @@ def main() -> None:
         step()
     seconds = (time.perf_counter() - start) / args.steps
     params = sum(p.numel() for p in unet.parameters()) / 1e6
-    print(f"UNet {params:.2f} M params, {args.resolution}px, batch {args.batch}, precision {args.precision}, "
+    print(f"UNet {params:.2f} M params, {args.resolution}px, batch {args.batch}, precision {precision.value}, "
           f"threads {torch.get_num_threads()}: {seconds * 1000:.0f} ms/step, {args.batch / seconds:.0f} img/s")
 
 

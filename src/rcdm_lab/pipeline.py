@@ -19,6 +19,7 @@ from torch import nn
 from rcdm_lab.diffusion import build_diffusion, classifier_free, sample
 from rcdm_lab.diffusion.gaussian import GaussianDiffusion
 from rcdm_lab.errors import RCDMError
+from rcdm_lab.precision import announce, resolve_precision
 
 CHECKPOINT_FORMAT_VERSION = 1
 
@@ -144,13 +145,14 @@ class RCDMPipeline:
         seed: int = 0,
         noise: torch.Tensor | None = None,
         batch_size: int = 64,
-        autocast: bool = False,
+        precision: str = "auto",
         progress: bool = False,
     ) -> torch.Tensor:
         """Samples in [-1, 1], shape (N * num_per_condition, 3, R, R), grouped by conditioning (row-major).
 
         `noise` (optional, (N * num_per_condition, 3, R, R)) fixes x_T, e.g. to share noise along an interpolation
-        path. Otherwise x_T comes from `seed`, so the same seed gives the same samples.
+        path. Otherwise x_T comes from `seed`, so the same seed gives the same samples. `precision` is resolved
+        for this pipeline's device (`rcdm_lab.precision`): "auto" autocasts to bf16 only where it is native.
         """
         if guidance != 1.0 and not self.supports_guidance:
             raise RCDMError(f"guidance={guidance} needs a model trained with condition dropout (model.cond_drop > 0, "
@@ -161,10 +163,11 @@ class RCDMPipeline:
         if noise is None:
             noise = torch.randn(shape, generator=generator, device=self.device)
         denoiser = classifier_free(self.unet, guidance)
+        autocast_dtype = announce(resolve_precision(precision, self.device)).autocast_dtype
         out = []
         for start in range(0, len(feat), batch_size):
             stop = start + batch_size
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+            with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 out.append(sample(
                     self.diffusion, denoiser, (min(stop, len(feat)) - start, *shape[1:]),
                     sampler=sampler, steps=steps, eta=eta, generator=generator,

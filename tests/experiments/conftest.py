@@ -7,7 +7,7 @@ import pytest
 from rcdm_lab.experiments.context import FigureContext
 from rcdm_lab.trained_run import TrainedRun
 
-FAST_SAMPLING = {"sampler": "ddim", "steps": 2, "guidance": 1.0, "eta": 0.0, "batch_size": 64, "autocast": False,
+FAST_SAMPLING = {"sampler": "ddim", "steps": 2, "guidance": 1.0, "eta": 0.0, "batch_size": 64, "precision": "auto",
                  "progress": False}
 
 

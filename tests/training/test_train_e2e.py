@@ -72,13 +72,13 @@ def test_checkpoint_reloads_strictly_with_equal_outputs(trained_checkpoint, tmp_
 def test_guidance_one_is_plain_conditional_sampling(trained_checkpoint):
     pipeline = RCDMPipeline.from_checkpoint(trained_checkpoint)
     h = torch.randn(2, 1280)
-    plain = pipeline.sample(h, 2, sampler="ddim", steps=3, guidance=1.0, seed=7)
+    plain = pipeline.sample(h, 2, sampler="ddim", steps=3, guidance=1.0, seed=7, precision="32")
     generator = torch.Generator().manual_seed(7)
     noise = torch.randn(4, 3, 16, 16, generator=generator)
     direct = sample(pipeline.diffusion, pipeline.unet, (4, 3, 16, 16), sampler="ddim", steps=3,
                     generator=generator, noise=noise, feat=h.repeat_interleave(2, 0))
     assert torch.equal(plain, direct)
-    assert torch.equal(plain, pipeline.sample(h, 2, sampler="ddim", steps=3, guidance=1.0, seed=7))
+    assert torch.equal(plain, pipeline.sample(h, 2, sampler="ddim", steps=3, guidance=1.0, seed=7, precision="32"))
 
 
 def test_guidance_runs_conditional_and_null_halves(trained_checkpoint, monkeypatch):
@@ -123,3 +123,35 @@ def test_wandb_logger_runs_offline_and_receives_the_sample_grids(tmp_path, monke
     train(compose_train(tmp_path, "logger=wandb", "trainer.max_steps=2"))
     grids = list((tmp_path / "run" / "wandb").glob("offline-run-*/files/media/images/samples_*.png"))
     assert len(grids) == 1   # the step-2 grid (every_n_steps=2); the end-of-training one is the same step
+
+
+def test_condition_dropout_replaces_h_at_the_configured_rate(tmp_path):
+    from rcdm_lab.cli.train import build
+
+    module = build(compose_train(tmp_path, "model.cond_drop=0.15"))[0]
+    masks = []
+    module.unet.register_forward_pre_hook(lambda unet, args, kwargs: masks.append(kwargs["drop_cond"]),
+                                          with_kwargs=True)
+    batch = {"x0": torch.zeros(4000, 3, 16, 16), "h": torch.randn(4000, 1280)}
+    module.diffusion_losses(batch, torch.Generator().manual_seed(0), module.cond_drop)
+    assert masks[0].dtype == torch.bool and masks[0].shape == (4000,)
+    # 0.15 +- 4 standard deviations of a binomial fraction over 4000 draws.
+    assert abs(masks[0].float().mean().item() - 0.15) < 4 * (0.15 * 0.85 / 4000) ** 0.5
+
+
+@pytest.mark.parametrize("clip, bound", [(1e-3, 1e-3), (None, None)])
+def test_gradient_clipping_bounds_the_update(tmp_path, clip, bound):
+    from rcdm_lab.cli.train import build
+
+    overrides = ["model.optimizer._target_=torch.optim.SGD", "~model.optimizer.weight_decay", "model.optimizer.lr=1.0",
+                 "trainer.max_steps=1", f"trainer.gradient_clip_val={'null' if clip is None else clip}",
+                 "callbacks.preview.every_n_steps=0"]
+    module, datamodule, trainer = build(compose_train(tmp_path, *overrides))
+    before = [p.detach().clone() for p in module.unet.parameters()]
+    trainer.fit(module, datamodule=datamodule)
+    # Plain SGD at lr 1: the update is the (clipped) gradient itself.
+    update = torch.cat([(p.detach() - b).flatten() for p, b in zip(module.unet.parameters(), before, strict=True)])
+    if bound is None:
+        assert update.norm() > 100 * 1e-3   # unclipped, the first gradient is far above the bound tested above
+    else:
+        assert update.norm() <= bound * (1 + 1e-3)

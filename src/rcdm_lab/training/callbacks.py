@@ -20,12 +20,13 @@ class SampleGridCallback(L.Callback):
 
     def __init__(self, every_n_steps: int = 1000, num_conditionings: int = 8, samples_per_conditioning: int = 4,
                  sampler: str = "ddim", steps: int | str = 25, guidance: float = 1.0, seed: int = 0,
-                 output_dir: str | None = None) -> None:
+                 output_dir: str | None = None, precision: str = "auto") -> None:
         self.every_n_steps = every_n_steps
         self.num_conditionings = num_conditionings
         self.samples_per_conditioning = samples_per_conditioning
         self.sampler, self.steps, self.guidance, self.seed = sampler, steps, guidance, seed
         self.output_dir = output_dir
+        self.precision = precision
         self._items: dict | None = None
         self._last_step = -1
 
@@ -48,7 +49,7 @@ class SampleGridCallback(L.Callback):
         was_training = pipeline.unet.training
         pipeline.unet.eval()  # Lightning keeps the whole module (the EMA copy too) in train mode: no dropout here
         samples = pipeline.sample(self._items["h"], self.samples_per_conditioning, sampler=self.sampler,
-                                  steps=self.steps, guidance=guidance, seed=self.seed)
+                                  steps=self.steps, guidance=guidance, seed=self.seed, precision=self.precision)
         pipeline.unet.train(was_training)
         grid = conditioning_grid(self._items["image"], samples)
         folder = Path(self.output_dir or trainer.default_root_dir) / "samples"
