@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -53,6 +56,46 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
     module = {"rcdm-train": "rcdm_lab.cli.train", "rcdm-sample": "rcdm_lab.cli.sample",
               "rcdm-probe": "rcdm_lab.cli.probe", "rcdm-eval": "rcdm_lab.cli.eval",
               "rcdm-figure": "rcdm_lab.cli.figure"}[args[0]]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # tests/ on the path, so a subprocess can instantiate test helpers such as RecordDraws from an override.
+    paths = [str(REPO / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(paths)}
     return subprocess.run([sys.executable, "-m", module, *args[1:]], cwd=cwd or REPO, env=env, text=True,
                           capture_output=True, timeout=timeout)
+
+
+
+class RecordDraws(L.Callback):
+    """Records what each training step drew, saved per rank as `out_dir`/draws_rank<r>.pt.
+
+    It observes the real calls: t and noise where the diffusion noises x0 (q_sample), the condition-dropout mask
+    where the UNet is called, and the items and flips of the batch. From a subprocess (`run_cli`, which puts tests/
+    on PYTHONPATH): `+callbacks.record._target_=rcdm_testing.RecordDraws +callbacks.record.out_dir=DIR`.
+    """
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir, self.steps, self.current = Path(out_dir), [], {}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        diffusion, original = pl_module.diffusion, pl_module.diffusion.q_sample
+
+        def q_sample(x0, t, noise):
+            self.current.update(t=t.detach().cpu().clone(), noise=noise.detach().cpu().clone())
+            return original(x0, t, noise)
+
+        diffusion.q_sample = q_sample
+
+        def record_drop(module, args, kwargs):
+            drop = kwargs.get("drop_cond")
+            self.current["drop"] = None if drop is None else drop.detach().cpu().clone()
+
+        pl_module.unet.register_forward_pre_hook(record_drop, with_kwargs=True)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.current = {"index": batch["index"].cpu().clone(), "flipped": batch["flipped"].cpu().clone()}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.steps.append(self.current)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(self.steps, self.out_dir / f"draws_rank{trainer.global_rank}.pt")

@@ -232,14 +232,39 @@ def test_vlb_trains_only_the_variance_channels(diffusion):
     assert output.grad[:, 3:].abs().sum() > 0
 
 
-def test_hybrid_loss_is_mse_plus_t_times_lambda_times_vlb():
+def test_hybrid_loss_by_hand_for_an_eps_off_by_a_constant():
+    # eps off by 0.1 everywhere, the true posterior variance (v = -1): mse = 0.01 and L_t is the KL of two
+    # Gaussians of equal variance whose means differ by c1 * sqrt(1 - a_t) / sqrt(a_t) * 0.1, c1 = b_t sqrt(a_{t-1})
+    # / (1 - a_t) -- derived here with Python floats from the betas, not with the diffusion's tables.
     for num_timesteps in (1000, 100):
-        diffusion = build_diffusion("cosine", num_timesteps)
-        t = torch.tensor([0, 7, num_timesteps - 1])
-        _, losses = losses_for(diffusion, t, eps_offset=0.1, v=0.2)
-        expected = losses["mse"] + 0.001 * num_timesteps * losses["vlb"]
-        torch.testing.assert_close(losses["loss"], expected)
-    assert not torch.allclose(losses["loss"], losses["mse"])
+        diffusion = build_diffusion("linear", num_timesteps)
+        betas = make_betas("linear", num_timesteps).tolist()
+        t = torch.tensor([5, num_timesteps // 2])
+        _, losses = losses_for(diffusion, t, eps_offset=0.1, v=-1.0)
+        for i, step in enumerate(t.tolist()):
+            a_t, a_prev = python_alpha_bar(betas, step), python_alpha_bar(betas, step - 1)
+            c1 = betas[step] * math.sqrt(a_prev) / (1 - a_t)
+            mean_gap = c1 * math.sqrt(1 - a_t) / math.sqrt(a_t) * 0.1
+            posterior_variance = betas[step] * (1 - a_prev) / (1 - a_t)
+            kl_bits = mean_gap**2 / (2 * posterior_variance) / math.log(2)
+            expected = 0.01 + 0.001 * num_timesteps * kl_bits
+            assert float(losses["mse"][i]) == pytest.approx(0.01, rel=1e-4)
+            assert float(losses["loss"][i]) == pytest.approx(expected, rel=1e-3)
+
+
+def test_min_snr_weighting_by_hand():
+    fixed = build_diffusion("linear", T, learn_sigma=False)
+    # t = 0: alpha_bar = 1 - 1e-4, SNR = 9999 -> weight 5 / 9999; t = 999: SNR ~ 4e-5 < 5 -> weight 1.
+    t = torch.tensor([0, 999])
+    x0 = image_batch(t, dtype=torch.float32)
+    noise = torch.randn_like(x0)
+    output = noise + 0.1
+    x_t = fixed.q_sample(x0, t, noise)
+    weighted = fixed.training_losses(output, x0, x_t, t, noise, min_snr_gamma=5.0)
+    torch.testing.assert_close(weighted["mse"], torch.full((2,), 0.01))
+    torch.testing.assert_close(weighted["loss"], torch.tensor([0.01 * 5 / 9999, 0.01]), rtol=1e-4, atol=0)
+    with pytest.raises(RCDMError, match="min_snr_gamma must be > 0"):
+        fixed.training_losses(output, x0, x_t, t, noise, min_snr_gamma=0.0)
 
 
 def test_without_learned_sigma_the_loss_is_the_mse():

@@ -220,19 +220,35 @@ class GaussianDiffusion:
         t: Tensor,
         noise: Tensor,
         vlb_weight: float = 0.001,
+        min_snr_gamma: float | None = None,
     ) -> dict[str, Tensor]:
-        """IDDPM's hybrid loss per example: mse on eps + vlb_weight * T * L_t (the variance-only VLB term)."""
+        """IDDPM's hybrid loss per example: mse on eps + vlb_weight * T * L_t (the variance-only VLB term).
+
+        `min_snr_gamma` (Hang et al. 2023, "Min-SNR weighting"): the eps mse at step t is weighted by
+        min(SNR_t, gamma) / SNR_t, SNR_t = alpha_bar_t / (1 - alpha_bar_t): the low-noise steps, where eps is
+        nearly invisible in x_t and the image is almost given, stop dominating the gradient. The "mse" entry stays
+        unweighted (comparable across weightings); "loss" carries the weight.
+        """
         dtype = _compute_dtype(x_t)
         model_output, x0, x_t, noise = (tensor.to(dtype) for tensor in (model_output, x0, x_t, noise))
         eps, v = self._split_output(model_output, x_t)
         mse = mean_flat((noise - eps) ** 2)
+        weighted = mse if min_snr_gamma is None else mse * self.min_snr_weight(t, min_snr_gamma).to(dtype)
         if v is None:
             with torch.no_grad():
                 vlb = self._vlb_terms(model_output, x0, x_t, t)
-            return {"loss": mse, "mse": mse, "vlb": vlb}
+            return {"loss": weighted, "mse": mse, "vlb": vlb}
         # Stop-gradient on eps: the VLB may only shape the variance, the mean is trained by the mse alone.
         vlb = self._vlb_terms(torch.cat([eps.detach(), v], dim=1), x0, x_t, t)
-        return {"loss": mse + vlb_weight * self.num_timesteps * vlb, "mse": mse, "vlb": vlb}
+        return {"loss": weighted + vlb_weight * self.num_timesteps * vlb, "mse": mse, "vlb": vlb}
+
+    def min_snr_weight(self, t: Tensor, gamma: float) -> Tensor:
+        """(B,) min(SNR_t, gamma) / SNR_t for the eps loss (1 wherever SNR_t <= gamma)."""
+        if not gamma > 0:
+            raise RCDMError(f"min_snr_gamma must be > 0 (the paper's default is 5), got {gamma}")
+        alpha_bar = self._table("alphas_cumprod", t.device)[t]
+        snr = alpha_bar / (1 - alpha_bar)
+        return snr.clamp(max=gamma) / snr
 
 
 def build_diffusion(schedule: str = "linear", num_timesteps: int = 1000, learn_sigma: bool = True) -> GaussianDiffusion:

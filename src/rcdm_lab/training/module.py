@@ -6,21 +6,22 @@ loss. Sampling lives in `rcdm_lab.diffusion.samplers` behind `RCDMPipeline`; pre
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from rcdm_lab.diffusion import build_diffusion
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.pipeline import CHECKPOINT_FORMAT_VERSION, RCDMPipeline, describe_encoder_mismatch
 from rcdm_lab.training.ema import make_ema
+from rcdm_lab.training.randomness import gather_rng_states, restore_rng_states, seed_process, step_generator
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
 class RCDMModule(L.LightningModule):
@@ -33,10 +34,13 @@ class RCDMModule(L.LightningModule):
             the optimizer or of the checkpoint's weights -- a checkpoint records which encoder it needs instead.
         encoder_spec: the keyword arguments that rebuild `encoder` (name, layer, weights, input_size, input_norm).
         optimizer: a partial optimizer (e.g. AdamW) to call on the UNet's parameters.
-        ema_decay: rate of the EMA copy of the UNet used for sampling.
+        ema_decay: rate of the EMA copy of the UNet used for sampling (warmed up, see `training.ema`).
         cond_drop: probability of replacing h by the UNet's learned null vector (classifier-free guidance).
         standardize: feed the UNet (h - mean) / std with per-dimension training-set statistics.
         vlb_weight: lambda of IDDPM's hybrid loss.
+        min_snr_gamma: Min-SNR-gamma weighting of the eps loss (None: IDDPM's uniform weighting).
+        scheduler: a partial learning-rate scheduler stepped every optimizer step (None: constant rate, as ADM).
+        seed: the run's seed; each rank's draws derive from (seed, rank, step) -- see `training.randomness`.
         data_spec: the (resolved) data config the model is trained on, recorded in checkpoints so evaluations
             and figures find the same dataset and representation cache (`TrainedRun.load`).
     """
@@ -54,6 +58,9 @@ class RCDMModule(L.LightningModule):
         vlb_weight: float = 0.001,
         resolution: int | None = None,
         data_spec: dict[str, Any] | None = None,
+        min_snr_gamma: float | None = None,
+        scheduler: SchedulerFactory | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if cond_drop > 0 and not getattr(unet, "learn_null_cond", False):
@@ -68,6 +75,9 @@ class RCDMModule(L.LightningModule):
         self.cond_drop = cond_drop
         self.standardize = standardize
         self.vlb_weight = vlb_weight
+        self.min_snr_gamma = min_snr_gamma
+        self.scheduler_factory = scheduler
+        self.seed = int(seed)
         self.resolution = resolution or unet.config["image_size"]
         self.data_spec = dict(data_spec) if data_spec is not None else None
         dim = encoder.dim
@@ -82,11 +92,15 @@ class RCDMModule(L.LightningModule):
         self.register_load_state_dict_post_hook(_forgive_missing_encoder_entries)
         self.save_hyperparameters(
             {"diffusion": self.diffusion_config, "encoder": self.encoder_spec, "unet": unet.config,
-             "ema_decay": ema_decay, "cond_drop": cond_drop, "standardize": standardize, "vlb_weight": vlb_weight}
+             "ema_decay": ema_decay, "cond_drop": cond_drop, "standardize": standardize, "vlb_weight": vlb_weight,
+             "min_snr_gamma": min_snr_gamma, "seed": self.seed}
         )
 
     # ----------------------------------------------------------------------------------------------- training
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            # Each rank its own flips and dropout (a resumed run then restores the states it saved).
+            seed_process(self.seed, self.global_rank)
         if stage == "fit" and self.standardize and not bool(self.rep_stats_fitted):
             mean, std = self.trainer.datamodule.representation_stats()
             self.set_representation_stats(mean, std)
@@ -100,19 +114,28 @@ class RCDMModule(L.LightningModule):
         """What the UNet is fed for a representation h."""
         return (h - self.rep_mean) / self.rep_std if self.standardize else h
 
-    def diffusion_losses(self, batch: dict[str, Any], cond_drop: float = 0.0) -> tuple[dict[str, Tensor], Tensor]:
-        """Per-example hybrid losses at a random t for each image, and those t."""
+    def diffusion_losses(self, batch: dict[str, Any], generator: torch.Generator,
+                         cond_drop: float = 0.0) -> tuple[dict[str, Tensor], Tensor]:
+        """Per-example hybrid losses at a random t for each image, and those t; every draw from `generator`."""
         x0, feat = batch["x0"], self.condition(batch["h"])
         batch_size = x0.shape[0]
-        t = torch.randint(0, self.diffusion.num_timesteps, (batch_size,), device=x0.device)
-        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.diffusion.num_timesteps, (batch_size,), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         x_t = self.diffusion.q_sample(x0, t, noise)
-        drop = torch.rand(batch_size, device=x0.device) < cond_drop if cond_drop > 0 else None
+        drop = None
+        if cond_drop > 0:
+            drop = torch.rand(batch_size, device=x0.device, generator=generator) < cond_drop
         output = self.unet(x_t, t, feat=feat, drop_cond=drop)
-        return self.diffusion.training_losses(output, x0, x_t, t, noise, vlb_weight=self.vlb_weight), t
+        losses = self.diffusion.training_losses(output, x0, x_t, t, noise, vlb_weight=self.vlb_weight,
+                                                min_snr_gamma=self.min_snr_gamma)
+        return losses, t
+
+    def _generator(self, batch_idx: int, stream: int = 0) -> torch.Generator:
+        # (global_step, batch_idx) is unique per micro-batch, also under gradient accumulation.
+        return step_generator(self.seed + stream, self.global_rank, self.global_step, batch_idx, self.device)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        losses, t = self.diffusion_losses(batch, self.cond_drop)
+        losses, t = self.diffusion_losses(batch, self._generator(batch_idx), self.cond_drop)
         loss = losses["loss"].mean()
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/mse", losses["mse"].mean())
@@ -122,7 +145,7 @@ class RCDMModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # Held-out loss, always with the real representation: is the model learning p(x | h) or memorising x?
-        losses, _ = self.diffusion_losses(batch)
+        losses, _ = self.diffusion_losses(batch, self._generator(batch_idx, stream=1))
         self.log("val/loss", losses["loss"].mean(), sync_dist=True)
         self.log("val/mse", losses["mse"].mean(), sync_dist=True)
 
@@ -140,8 +163,12 @@ class RCDMModule(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         self.ema.update_parameters(self.unet)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.unet.parameters())
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        optimizer = self.optimizer_factory(self.unet.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
 
     # ------------------------------------------------------------------------------------------- inference
     def pipeline(self) -> RCDMPipeline:
@@ -171,14 +198,9 @@ class RCDMModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rcdm"] = self.describe()
-        # Exact resumption: the next t, noise and condition-dropout draws continue where they left off.
-        kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
-        checkpoint["rng_states"] = {
-            "torch": torch.get_rng_state(),
-            # As tensors and plain numbers: Lightning reloads checkpoints with torch.load(weights_only=True).
-            "numpy": [kind, torch.from_numpy(keys.copy()), position, has_gauss, cached_gauss],
-            "python": random.getstate(),
-        }
+        # Exact resumption: every rank's flips and dropout continue where they left off (a collective: Lightning
+        # calls this hook on every rank, and only rank 0 writes the file).
+        checkpoint["rng_states"] = {"ranks": gather_rng_states(self.trainer.world_size)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("rcdm")
@@ -197,10 +219,13 @@ class RCDMModule(L.LightningModule):
                             "resume with the original model/resolution overrides")
         states = checkpoint.get("rng_states")
         if states is not None:
-            torch.set_rng_state(states["torch"])
-            kind, keys, position, has_gauss, cached_gauss = states["numpy"]
-            np.random.set_state((kind, keys.numpy(), position, has_gauss, cached_gauss))
-            random.setstate(states["python"])
+            ranks = states.get("ranks", [states])   # [states]: written before per-rank states
+            if len(ranks) == self.trainer.world_size:
+                restore_rng_states(ranks[self.global_rank])
+            else:
+                rank_zero_warn(f"the checkpoint holds the random states of {len(ranks)} process(es) and this run "
+                               f"has {self.trainer.world_size}: flips and dropout restart from the seed (the "
+                               "diffusion draws still continue exactly)")
 
 
 def floored_std(std: Tensor, fraction: float = 0.01) -> Tensor:
