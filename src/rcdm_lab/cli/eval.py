@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from hydra.utils import instantiate
@@ -17,16 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from rcdm_lab.cli.common import hydra_entry, require_values
 from rcdm_lab.cli.sample import pick_device
+from rcdm_lab.cli.validation import validate_eval
 from rcdm_lab.metrics import distances, faithfulness, fid, kde
 from rcdm_lab.trained_run import TrainedRun
 from rcdm_lab.viz.report import numbers, publish, write_json
 
-EVALUATORS: dict[str, Callable[..., dict]] = {
-    "faithfulness": faithfulness.evaluate,
-    "distances": distances.evaluate,
-    "fid": fid.evaluate,
-    "kde": kde.evaluate,
-}
+# name -> the module whose `evaluate(run, settings, sampling, out_dir)` computes it (and whose RULES check it).
+METRICS: dict[str, ModuleType] = {"faithfulness": faithfulness, "distances": distances, "fid": fid, "kde": kde}
 
 # What the one-line summary per metric prints (the JSON has everything).
 HEADLINE_NUMBERS = {"mean_rank", "mrr", "top1", "mean", "fid", "kid_mean", "is_mean", "measured_sigma"}
@@ -41,13 +38,14 @@ def load_run(cfg: DictConfig) -> TrainedRun:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     require_values(cfg)
+    validate_eval(cfg)
     out = Path(cfg.output_dir)
     trained = load_run(cfg)
     sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
     results: dict[str, Any] = {}
     for name, settings in cfg.metric.items():
         start = time.perf_counter()
-        result = EVALUATORS[name](trained, OmegaConf.to_container(settings, resolve=True), sampling, out)
+        result = METRICS[name].evaluate(trained, OmegaConf.to_container(settings, resolve=True), sampling, out)
         result.update(ckpt=str(cfg.ckpt), sampling=sampling, seconds=round(time.perf_counter() - start, 1))
         write_json(out / f"{name}.json", result)
         results[name] = result
@@ -57,7 +55,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # results.json gathers every metric evaluated in this folder so far: running fid after faithfulness keeps both.
     gathered = {}
     for path in sorted(out.glob("*.json")):
-        if path.stem in EVALUATORS:
+        if path.stem in METRICS:
             gathered[path.stem] = json.loads(path.read_text())
     write_json(out / "results.json", gathered)
     publish(instantiate(cfg.logger) if cfg.get("logger") else None, results)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rcdm_lab.cli.common import hydra_entry, run_name_of
 from rcdm_lab.cli.sample import pick_device
+from rcdm_lab.cli.validation import validate_figure
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.experiments import FIGURES, figure_module
 from rcdm_lab.experiments.context import FigureContext
@@ -40,6 +41,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("figure") is None:
         raise RCDMError(f"this experiment is not a figure (it has no `figure:` settings; training experiments run "
                         f"with rcdm-train). Figures: experiment={'|'.join(FIGURES)}")
+    validate_figure(cfg)
     figure = OmegaConf.to_container(cfg.figure, resolve=True)
     name = figure.pop("name")
     module = figure_module(name)

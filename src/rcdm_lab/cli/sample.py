@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rcdm_lab.cli.common import hydra_entry, require_values
+from rcdm_lab.cli.validation import validate_sample
 from rcdm_lab.data.folder import list_images, load_image
 from rcdm_lab.encoders.frozen import resize_and_center_crop
 from rcdm_lab.pipeline import RCDMPipeline
@@ -36,6 +37,7 @@ def load_pipeline(cfg: DictConfig, device: torch.device) -> RCDMPipeline:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     require_values(cfg)
+    validate_sample(cfg)
     device = pick_device(cfg.device)
     pipeline = load_pipeline(cfg, device)
     paths = list_images(cfg.images)
@@ -44,7 +46,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     encoder_inputs = torch.cat([resize_and_center_crop(load_image(p)[None], size) for p in paths])
     reps = pipeline.encode(encoder_inputs)
     samples = pipeline.sample(reps, cfg.n, sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance,
-                              eta=cfg.eta, seed=cfg.seed, batch_size=cfg.batch_size, autocast=cfg.autocast,
+                              eta=cfg.eta, seed=cfg.seed, batch_size=cfg.batch_size, precision=cfg.precision,
                               progress=True)
     out = Path(cfg.out)
     grid_path = save_png(conditioning_grid(encoder_inputs, samples), out / "samples.png",

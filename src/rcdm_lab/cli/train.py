@@ -15,7 +15,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from rcdm_lab.cli.common import hydra_entry, require_values
+from rcdm_lab.cli.validation import validate_train
 from rcdm_lab.errors import RCDMError
+from rcdm_lab.precision import announce, resolve_precision, trainer_device
 from rcdm_lab.training.checkpoint_io import AtomicCheckpointIO
 from rcdm_lab.training.module import RCDMModule
 
@@ -40,6 +42,8 @@ def build(cfg: DictConfig) -> tuple[RCDMModule, L.LightningDataModule, L.Trainer
     encoder = build_encoder(**spec)
     datamodule = instantiate(cfg.data)
     datamodule.attach_encoder(encoder)
+    for split in ("train", "val"):
+        datamodule.dataset(split)  # an empty or unreadable dataset fails here, before the trainer starts
     diffusion = {k: v for k, v in OmegaConf.to_container(cfg.diffusion, resolve=True).items() if k != "_target_"}
     unet = instantiate(
         cfg.model.unet,
@@ -61,11 +65,15 @@ def build(cfg: DictConfig) -> tuple[RCDMModule, L.LightningDataModule, L.Trainer
         vlb_weight=cfg.model.vlb_weight,
         resolution=cfg.resolution,
         data_spec=OmegaConf.to_container(cfg.data, resolve=True),
+        min_snr_gamma=cfg.model.get("min_snr_gamma"),
+        scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
+        seed=cfg.seed,
     )
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()],
-                          default_root_dir=cfg.output_dir)
+    precision = announce(resolve_precision(cfg.trainer.precision, trainer_device(cfg.trainer.accelerator)))
+    trainer = instantiate(cfg.trainer, precision=precision.value, callbacks=callbacks, logger=logger,
+                          plugins=[AtomicCheckpointIO()], default_root_dir=cfg.output_dir)
     return module, datamodule, trainer
 
 
@@ -90,11 +98,17 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 
 def train(cfg: DictConfig) -> Path:
     """Train (or resume) and return the path of the final checkpoint."""
+    require_values(cfg)
+    validate_train(cfg)  # before anything is rendered, cached or downloaded
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
     ckpt_path = resolve_ckpt_path(cfg)
     module, datamodule, trainer = build(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if cfg.trainer.get("max_time"):
+        rank_zero_info(f"trainer.max_time={cfg.trainer.max_time}: training ran {trainer.global_step} of "
+                       f"{cfg.trainer.max_steps} steps; how many fit depends on this machine's speed, so results "
+                       "will differ between machines (set trainer.max_time=null to train a fixed number of steps)")
     last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
     rank_zero_info(f"rcdm-train: checkpoint {last} (step {trainer.global_step}); "
                    f"sample with: rcdm-sample ckpt={last} images=PATH")

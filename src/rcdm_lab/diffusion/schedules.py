@@ -67,6 +67,17 @@ def _parse_count(text: str, spacing: str | int) -> int:
     return count
 
 
+def check_spacing(spacing: str | int) -> None:
+    """Raise RCDMError unless `spacing` is a step count >= 1, 'a,b,c' section counts or 'ddimN' (any process)."""
+    if isinstance(spacing, bool) or not isinstance(spacing, (int, str)):
+        raise RCDMError(f"cannot read timestep spacing {spacing!r}; use a step count (100), sections ('10,15,20') "
+                        "or 'ddimN' (ddim25)")
+    text = str(spacing).strip()
+    parts = [text.removeprefix("ddim")] if text.startswith("ddim") else text.split(",")
+    for part in parts:
+        _parse_count(part, spacing)
+
+
 def respaced_timesteps(num_timesteps: int, spacing: str | int) -> list[int]:
     """Indices (ascending) of the original steps kept by `spacing`, guided-diffusion's space_timesteps.
 

@@ -22,6 +22,7 @@ from rcdm_lab.errors import RCDMError
 from rcdm_lab.experiments.context import FigureContext
 from rcdm_lab.experiments.probe_source import probe_for, resolve_class
 from rcdm_lab.metrics.probe import LinearProbe
+from rcdm_lab.settings import Rule, integer, satisfies
 from rcdm_lab.viz.grid import labelled_rows
 
 
@@ -75,6 +76,14 @@ def _model_names(ctx: FigureContext) -> list[str]:
     if len(ctx.labels) == len(ctx.runs):
         return list(ctx.labels)
     return [f"model {m}" for m in range(len(ctx.runs))]
+
+
+# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
+RULES: list[Rule] = [
+    integer("num_images"),
+    integer("samples_per_image"),
+    satisfies("eps", parse_eps, "a list of attack strengths in [0, 1] pixel units: numbers or fractions like 8/255"),
+]
 
 
 def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:

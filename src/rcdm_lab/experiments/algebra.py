@@ -15,7 +15,8 @@ from torch import Tensor
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.experiments.context import FigureContext
 from rcdm_lab.metrics.distances import squared_distances_to
-from rcdm_lab.metrics.knn import nearest_neighbors
+from rcdm_lab.metrics.knn import METRICS, nearest_neighbors
+from rcdm_lab.settings import Rule, integer, one_of
 from rcdm_lab.viz.grid import labelled_rows
 
 
@@ -33,6 +34,13 @@ def _triples(value: Any) -> list[tuple[int, int, int]]:
         raise RCDMError(f"figure.triples must be a non-empty list of [a, b, c] input-image indices >= 0 "
                         f"(e.g. triples=[[0,1,2]]), got {value!r}")
     return triples  # type: ignore[return-value]
+
+
+# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
+RULES: list[Rule] = [
+    integer("samples_per_row"),
+    one_of("metric", METRICS),
+]
 
 
 def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:

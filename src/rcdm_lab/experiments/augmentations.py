@@ -33,6 +33,7 @@ from rcdm_lab.experiments.compare_models import (
 from rcdm_lab.experiments.context import FigureContext
 from rcdm_lab.metrics.distances import single_augmentations, squared_distances_to
 from rcdm_lab.metrics.diversity import sample_diversity
+from rcdm_lab.settings import Rule, all_of, integer, number, one_of
 from rcdm_lab.viz.grid import labelled_rows
 
 TRANSFORMS = ("vertical_shift", "zoom_out", "zoom_in", "grayscale", "color_jitter")
@@ -116,6 +117,23 @@ def transforms_from(settings: dict[str, Any]) -> dict[str, Callable[[Tensor], Te
     if unknown or len(set(names)) != len(names):
         raise RCDMError(f"figure.transforms {names}: name each at most once, from {list(TRANSFORMS)}")
     return {name: available[name] for name in names}
+
+
+# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
+RULES: list[Rule] = [
+    integer("image_index", minimum=0),
+    integer("samples_per_image"),
+    all_of("transforms", TRANSFORMS),
+    number("shift", above=-1, below=1),
+    one_of("shift_padding", ("edge", "zero")),
+    number("zoom_out", above=0, at_most=1),
+    one_of("zoom_out_padding", ("zero", "edge")),
+    number("zoom_in", above=0, at_most=1),
+    number("brightness", at_least=0),
+    number("contrast", at_least=0),
+    number("saturation", at_least=0),
+    number("hue", at_least=-0.5, at_most=0.5),
+]
 
 
 def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from rcdm_lab.experiments.probe_source import factor_labels, resolve_class
 from rcdm_lab.metrics.distances import squared_distances_to
 from rcdm_lab.metrics.diversity import sample_diversity
 from rcdm_lab.metrics.knn import nearest_neighbors
+from rcdm_lab.settings import Rule, integer
 from rcdm_lab.viz.grid import labelled_rows
 
 
@@ -52,6 +53,13 @@ def chosen_classes(labels: Tensor, names: list[str], factor: str, wanted: Sequen
         if empty:
             raise RCDMError(f"classes {empty} of factor {factor!r} have no training items: choose others")
     return classes[:max_classes]
+
+
+# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
+RULES: list[Rule] = [
+    integer("max_classes"),
+    integer("samples_per_class"),
+]
 
 
 def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from torch import Tensor
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.experiments.context import FigureContext
 from rcdm_lab.metrics.diversity import sample_diversity
+from rcdm_lab.settings import Rule, integer
 from rcdm_lab.trained_run import TrainedRun
 from rcdm_lab.viz.grid import labelled_rows
 
@@ -106,6 +107,14 @@ def print_diversity(figure: str, blocks: Sequence[ModelBlock], summaries: dict[s
         print(f"{figure} {block.label}: sample diversity {diversity['pixel_mean_sq_diff']:.4g} per pixel, "
               f"{diversity['representation_mean_pairwise_sq_l2']:.4g} squared L2 in its {block.h.shape[1]}-d "
               "representation space")
+
+
+# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
+RULES: list[Rule] = [
+    integer("num_images"),
+    integer("first_image", minimum=0),
+    integer("samples_per_image"),
+]
 
 
 def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from rcdm_lab.data.folder import list_images
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.experiments.context import FigureContext
 from rcdm_lab.experiments.probe_source import factor_labels, probe_for
+from rcdm_lab.settings import Rule, integer
 from rcdm_lab.viz.grid import labelled_rows
 
 
@@ -46,6 +47,14 @@ def _candidates(ctx: FigureContext, num_candidates: int) -> tuple[Tensor, list[s
                         "lower it (or use a bigger validation set)")
     # The cached representations: ranking thousands of candidates never decodes their images.
     return run.representations("val")[:num_candidates], [f"val {i}" for i in range(num_candidates)], None
+
+
+# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
+RULES: list[Rule] = [
+    integer("num_candidates", minimum=2, optional=True),
+    integer("num_images"),
+    integer("samples_per_image"),
+]
 
 
 def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import torch
 
 from rcdm_lab.experiments.context import FigureContext
 from rcdm_lab.metrics.distances import squared_distances_to
+from rcdm_lab.settings import Rule, integer, number
 from rcdm_lab.viz.grid import labelled_rows
 
 
@@ -19,6 +20,16 @@ def interpolate(h_a: torch.Tensor, h_b: torch.Tensor, alphas: torch.Tensor) -> t
     """(S, D) points (1 - alpha) h_a + alpha h_b; exactly h_a at alpha = 0 and h_b at alpha = 1."""
     alphas = alphas.to(h_a)[:, None]
     return (1 - alphas) * h_a[None] + alphas * h_b[None]
+
+
+# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
+RULES: list[Rule] = [
+    integer("first_image", minimum=0),
+    integer("num_steps", minimum=2),
+    number("start"),
+    number("stop"),
+    integer("noise_rows"),
+]
 
 
 def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:

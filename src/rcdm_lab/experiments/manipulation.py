@@ -25,7 +25,8 @@ from torch import Tensor
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.experiments.context import FigureContext
 from rcdm_lab.metrics.distances import squared_distances_to
-from rcdm_lab.metrics.knn import nearest_neighbors
+from rcdm_lab.metrics.knn import METRICS, nearest_neighbors
+from rcdm_lab.settings import Rule, integer, number, one_of
 from rcdm_lab.viz.grid import labelled_rows
 
 MODES = ("most_common", "least_common")
@@ -96,6 +97,20 @@ def _offsets(value: Any) -> list[int]:
         raise RCDMError(f"figure.target_offset must be an input-image index >= 0 or a non-empty list of them, "
                         f"got {value!r}")
     return offsets
+
+
+# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
+RULES: list[Rule] = [
+    integer("query_offset", minimum=0),
+    one_of("pool", POOLS),
+    integer("k"),
+    one_of("metric", METRICS),
+    number("zero_threshold", at_least=0),
+    one_of("mode", (*MODES, "both")),
+    integer("n_common", minimum=0),
+    integer("n_rare"),
+    integer("samples_per_row"),
+]
 
 
 def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.experiments.context import FigureContext
-from rcdm_lab.metrics.knn import nearest_neighbors, pairwise_distances
+from rcdm_lab.metrics.knn import METRICS, nearest_neighbors, pairwise_distances
+from rcdm_lab.settings import Rule, integer, one_of
 from rcdm_lab.viz.grid import labelled_rows
 
 
@@ -26,6 +27,16 @@ def training_neighbors(reps: Tensor, train_reps: Tensor, num_neighbors: int,
         raise RCDMError(f"figure.num_neighbors={num_neighbors}, but the training set holds {len(train_reps)} "
                         f"representations: use 1 <= num_neighbors <= {len(train_reps)}")
     return nearest_neighbors(reps, train_reps, num_neighbors, metric)
+
+
+# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
+RULES: list[Rule] = [
+    integer("first_image", minimum=0),
+    integer("num_images"),
+    integer("samples_per_image"),
+    integer("num_neighbors"),
+    one_of("metric", METRICS),
+]
 
 
 def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:

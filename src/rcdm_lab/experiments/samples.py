@@ -10,7 +10,14 @@ from typing import Any
 
 from rcdm_lab.experiments.context import FigureContext
 from rcdm_lab.metrics.diversity import sample_diversity
+from rcdm_lab.settings import Rule, integer
 from rcdm_lab.viz.grid import labelled_rows
+
+# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
+RULES: list[Rule] = [
+    integer("num_images"),
+    integer("samples_per_image"),
+]
 
 
 def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from rcdm_lab.experiments.compare_models import (
 from rcdm_lab.experiments.context import FigureContext
 from rcdm_lab.metrics.distances import squared_distances_to
 from rcdm_lab.metrics.diversity import mean_pairwise_distance
+from rcdm_lab.settings import Rule, integer
 from rcdm_lab.viz.grid import labelled_rows
 
 
@@ -37,6 +38,14 @@ def closeness(block: ModelBlock) -> dict[str, float | None]:
     between_inputs = mean_pairwise_distance(block.h, n) if n > 1 else 0.0
     return {"sq_l2_to_conditioning": to_h,
             "relative_to_between_inputs": to_h / between_inputs if between_inputs > 0 else None}
+
+
+# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
+RULES: list[Rule] = [
+    integer("num_images"),
+    integer("first_image", minimum=0),
+    integer("samples_per_image"),
+]
 
 
 def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,15 @@ import torch
 
 from rcdm_lab.experiments.context import FigureContext
 from rcdm_lab.metrics.kde import kde_sample
+from rcdm_lab.settings import Rule, integer, number
 from rcdm_lab.viz.grid import labelled_rows
+
+# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
+RULES: list[Rule] = [
+    integer("num_rows"),
+    integer("samples_per_row"),
+    number("sigma", above=0),
+]
 
 
 def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from rcdm_lab.errors import RCDMError
+from rcdm_lab.settings import Rule, integer
 
 if TYPE_CHECKING:
     from rcdm_lab.trained_run import TrainedRun
@@ -267,6 +268,14 @@ def pick_class_factor(labels: Mapping[str, Tensor], requested: str | None) -> st
         if name in labels:
             return name
     return None
+
+
+# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
+RULES: list[Rule] = [
+    integer("num_conditionings", optional=True),
+    integer("per_reference"),
+    integer("num_multicrop"),
+]
 
 
 def evaluate(run: TrainedRun, settings: Mapping[str, Any], sampling: Mapping[str, Any], out_dir: Path) -> dict:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from rcdm_lab.metrics.knn import pairwise_distances
+from rcdm_lab.metrics.knn import METRICS, pairwise_distances
+from rcdm_lab.settings import Rule, all_of, integer
 
 if TYPE_CHECKING:
     from rcdm_lab.trained_run import TrainedRun
@@ -70,6 +71,16 @@ def nearest_conditioning_accuracy(sample_reps: Tensor, cond_reps: Tensor, sample
     owners = grouped_owners(len(cond_reps), samples_per_condition)
     ranks = conditioning_ranks(sample_reps, cond_reps, owners, metric)
     return float((ranks == 1).double().mean())
+
+
+# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
+RULES: list[Rule] = [
+    integer("num_conditionings", optional=True),
+    integer("samples_per_conditioning"),
+    all_of("distances", METRICS),
+    integer("max_rank_plotted"),
+    integer("rows_shown", minimum=0),
+]
 
 
 def evaluate(run: TrainedRun, settings: Mapping[str, Any], sampling: Mapping[str, Any], out_dir: Path) -> dict:

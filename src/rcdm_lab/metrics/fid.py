@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rcdm_lab.errors import RCDMError
+from rcdm_lab.settings import Rule, integer, number, one_of
 
 if TYPE_CHECKING:
     from rcdm_lab.trained_run import TrainedRun
@@ -416,6 +417,18 @@ def generated_conditionings(run: TrainedRun, settings: Mapping[str, Any], seed: 
                             "lower fid.num_samples or use fid.conditioning=kde")
         return reps[:n]
     raise RCDMError(f"fid.conditioning={settings['conditioning']!r}: use kde or val")
+
+
+# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
+RULES: list[Rule] = [
+    integer("num_samples", minimum=2, optional=True),
+    one_of("conditioning", ("kde", "val")),
+    number("kde_sigma", above=0),
+    one_of("reference", ("val", "train")),
+    one_of("features", ("inception", "encoder")),
+    integer("kid_subset_size", minimum=2),
+    integer("is_splits"),
+]
 
 
 def evaluate(run: TrainedRun, settings: Mapping[str, Any], sampling: Mapping[str, Any], out_dir: Path) -> dict:

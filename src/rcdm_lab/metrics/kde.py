@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from rcdm_lab.errors import RCDMError
+from rcdm_lab.settings import Rule, integer, number
 
 if TYPE_CHECKING:
     from rcdm_lab.trained_run import TrainedRun
@@ -45,6 +46,14 @@ def kde_sample(reps: Tensor, num_samples: int, sigma: float = 0.01,
     dtype = reps.dtype if reps.is_floating_point() else torch.float32
     h = reps[indices].to(dtype) + sigma * noise.to(device=reps.device, dtype=dtype)
     return h, indices
+
+
+# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
+RULES: list[Rule] = [
+    number("sigma", above=0),
+    integer("num_samples"),
+    integer("columns"),
+]
 
 
 def evaluate(run: TrainedRun, settings: Mapping[str, Any], sampling: Mapping[str, Any], out_dir: Path) -> dict:

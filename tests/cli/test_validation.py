@@ -1,0 +1,97 @@
+"""Bad settings stop a command before any work, with one line naming the setting and what it accepts."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from rcdm_lab.cli.common import CONF_DIR, register_resolvers
+from rcdm_lab.cli.validation import validate_eval, validate_figure, validate_sample, validate_train
+from rcdm_lab.errors import RCDMError
+from rcdm_lab.experiments import FIGURES
+from rcdm_lab.settings import Rule, check, integer, number, one_of
+from rcdm_testing import run_cli
+
+VALIDATORS = {"train": validate_train, "demo": validate_train, "sample": validate_sample, "eval": validate_eval,
+              "figure": validate_figure}
+
+
+def _compose(config_name: str, *overrides: str):
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
+
+
+def test_rules_name_the_setting_and_what_it_accepts():
+    cfg = _compose("sample", "ckpt=a.ckpt", "images=b", "n=-3")
+    with pytest.raises(RCDMError, match=r"^n=-3 is not allowed: use an integer >= 1$"):
+        check(cfg, [integer("n")])
+    with pytest.raises(RCDMError, match=r"^guidance=1\.0 is not allowed: use a number > 2 \(e\.g\. 3\)$"):
+        check(cfg, [number("guidance", above=2, example="3")])
+    with pytest.raises(RCDMError, match=r"sampler='ddpm' is not allowed: use one of ddim \(or null\)"):
+        check(cfg, [one_of("sampler", ["ddim"], optional=True)])
+    check(cfg, [integer("not.a.setting"), Rule("ckpt", lambda v: v == "a.ckpt", "a.ckpt")])   # absent: skipped
+
+
+@pytest.mark.parametrize("config_name, overrides", [
+    ("train", []),
+    ("demo", []),
+    ("train", ["data=folder", "data.dataset.root=/data", "model=adm_official", "resolution=128", "trainer=ddp"]),
+    ("train", ["data=cifar10", "encoder=dino_resnet50", "layer=head"]),
+    ("sample", ["ckpt=x.ckpt", "images=y"]),
+    ("eval", ["ckpt=x.ckpt", "metric=[faithfulness,distances,fid,kde]"]),
+    *[("figure", [f"experiment={name}", "ckpt=x.ckpt"]) for name in FIGURES],
+])
+def test_every_shipped_config_passes_its_own_checks(config_name, overrides):
+    cfg = _compose(config_name, *[o.replace("resolution=128", "resolution=128px") for o in overrides])
+    VALIDATORS[config_name](cfg)
+
+
+@pytest.mark.parametrize("config_name, overrides, message", [
+    ("train", ["model.optimizer.lr=abc"], "model.optimizer.lr='abc' is not allowed: use a number > 0 (e.g. 1e-4)"),
+    ("train", ["model.cond_drop=1.5"], "model.cond_drop=1.5 is not allowed: use a number >= 0 and < 1"),
+    ("train", ["data.batch_size=0"], "data.batch_size=0 is not allowed: use an integer >= 1"),
+    ("train", ["trainer.precision=fp8"], "trainer.precision='fp8': 'fp8' is not a precision; use one of: auto, 32"),
+    ("train", ["trainer.max_steps=2.5"], "trainer.max_steps=2.5 is not allowed: use an integer >= 1"),
+    ("train", ["encoder.input_norm=imagenet"], "encoder.input_norm='imagenet' is not allowed: use one of native, "
+                                               "official"),
+    ("train", ["callbacks.preview.sampler=euler"], "callbacks.preview.sampler='euler' is not allowed: use one of "
+                                                   "ddpm, ddim"),
+    ("demo", ["demo.steps=0"], "demo.steps=0: timestep spacing 0 asks for 0 steps"),
+    ("sample", ["ckpt=x", "images=y", "sampler=ddpm", "eta=0.5"], "eta=0.5 only applies to sampler=ddim"),
+    ("sample", ["ckpt=x", "images=y", "device=gpu0"], "device='gpu0' is not allowed: use auto, cpu, cuda"),
+    ("eval", ["ckpt=x", "metric.faithfulness.samples_per_conditioning=0"],
+     "metric.faithfulness.samples_per_conditioning=0 is not allowed: use an integer >= 1"),
+    ("eval", ["ckpt=x", "metric=fid", "metric.fid.features=clip"], "metric.fid.features='clip' is not allowed"),
+    ("eval", ["ckpt=x", "sampling.steps=ddimX"], "cannot read timestep spacing 'ddimX'"),
+    ("figure", ["experiment=interpolation", "ckpt=x", "figure.num_steps=1"],
+     "figure.num_steps=1 is not allowed: use an integer >= 2"),
+    ("figure", ["experiment=manipulation", "ckpt=x", "figure.mode=all"], "figure.mode='all' is not allowed: use one "
+                                                                         "of most_common, least_common, both"),
+    ("figure", ["experiment=adversarial", "ckpt=x", "figure.eps=[1/0]"], "figure.eps entry '1/0' is not a number"),
+    ("figure", ["experiment=augmentations", "ckpt=x", "figure.transforms=[blur]"],
+     "figure.transforms=['blur'] is not allowed: use a list of vertical_shift, zoom_out"),
+])
+def test_a_bad_setting_is_named_with_its_allowed_values(config_name, overrides, message):
+    cfg = _compose(config_name, *overrides)
+    with pytest.raises(RCDMError) as raised:
+        VALIDATORS[config_name](cfg)
+    assert message in str(raised.value)
+
+
+def test_sample_with_a_negative_count_fails_before_loading_anything(tmp_path):
+    # The checkpoint does not even exist: the count is refused first, in one line, exit status 2.
+    result = run_cli("rcdm-sample", f"ckpt={tmp_path / 'none.ckpt'}", f"images={tmp_path}", "n=-3",
+                     f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: n=-3 is not allowed: use an integer >= 1"
+
+
+def test_train_with_an_unreadable_learning_rate_renders_and_caches_nothing(tmp_path):
+    result = run_cli("rcdm-train", "model.optimizer.lr=abc", f"data.cache_dir={tmp_path / 'cache'}",
+                     f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "model.optimizer.lr='abc' is not allowed" in result.stderr
+    assert "caching" not in result.stderr + result.stdout and not (tmp_path / "cache").exists()
