@@ -138,6 +138,7 @@ class _ExpectsRepresentations(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", [True, False])
 def test_lightning_fit_sees_h_in_both_modes(tmp_path, make_encoder, cache):
     encoder = make_encoder()

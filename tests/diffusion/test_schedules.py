@@ -67,6 +67,25 @@ def test_even_spacing_known_values():
     assert respaced_timesteps(1000, 1) == [0]
 
 
+# guided-diffusion's space_timesteps(num_timesteps, spacing), as printed by the official respace.py.
+OFFICIAL_KEPT_STEPS = {
+    (1000, "25"): [0, 42, 83, 125, 166, 208, 250, 291, 333, 375, 416, 458, 500, 541, 583, 624, 666, 708, 749, 791,
+                   832, 874, 916, 957, 999],
+    (1000, "10,15,20"): [0, 37, 74, 111, 148, 185, 222, 259, 296, 333, 334, 358, 381, 405, 429, 453, 476, 500, 524,
+                         547, 571, 595, 619, 642, 666, 667, 684, 702, 719, 737, 754, 772, 789, 807, 824, 842, 859,
+                         877, 894, 912, 929, 947, 964, 982, 999],
+    (1000, "ddim20"): list(range(0, 1000, 50)),
+    (250, "7,11"): [0, 21, 41, 62, 83, 103, 124, 125, 137, 150, 162, 175, 187, 199, 212, 224, 237, 249],
+    (4000, "30"): [0, 138, 276, 414, 552, 689, 827, 965, 1103, 1241, 1379, 1517, 1655, 1793, 1931, 2068, 2206, 2344,
+                   2482, 2620, 2758, 2896, 3034, 3172, 3310, 3447, 3585, 3723, 3861, 3999],
+}
+
+
+@pytest.mark.parametrize("num_timesteps, spacing", list(OFFICIAL_KEPT_STEPS))
+def test_respacing_keeps_the_official_steps(num_timesteps, spacing):
+    assert respaced_timesteps(num_timesteps, spacing) == OFFICIAL_KEPT_STEPS[num_timesteps, spacing]
+
+
 def test_sections_split_the_process_evenly():
     kept = respaced_timesteps(300, "10,15,20")
     assert len(kept) == 45

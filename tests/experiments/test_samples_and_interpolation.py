@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 
@@ -11,7 +12,18 @@ def test_samples_figure_rows_are_inputs_then_samples(figure_ctx):
     picture = Image.open(result["figure_png"])
     assert picture.height > picture.width / 3   # three rows of three cells
     assert result["images"] == ["val 0", "val 1", "val 2"]
-    assert result["diversity"]["pixel_mean_sq_diff"] > 0   # different noise per column
+
+
+def test_samples_figure_measures_diversity_within_each_conditioning(figure_ctx, monkeypatch):
+    # Controlled samples: column j of every row is the constant image j / 4, so within a row the two samples differ
+    # by 0.25 per pixel (squared: 1/16), while rows are identical -- diversity across rows would say 0.
+    def controlled(h, k, run=None, noise=None):
+        columns = torch.arange(k, dtype=torch.float32).repeat(len(h)) / 4
+        return columns.view(-1, 1, 1, 1).expand(-1, 3, 16, 16).clone()
+
+    monkeypatch.setattr(figure_ctx, "sample", controlled)
+    result = samples.make(figure_ctx, {"num_images": 3, "samples_per_image": 2})
+    assert result["diversity"]["pixel_mean_sq_diff"] == pytest.approx(1 / 16)
 
 
 def test_samples_figure_reads_any_folder_of_images(figure_ctx, tmp_path):
@@ -24,17 +36,32 @@ def test_samples_figure_reads_any_folder_of_images(figure_ctx, tmp_path):
     assert result["images"] == ["p0", "p1"]
 
 
-def test_interpolation_endpoints_are_the_two_representations(figure_ctx):
+def test_interpolation_walks_from_the_first_images_representation_to_the_second(figure_ctx, monkeypatch):
     alphas = torch.linspace(0, 1, 5)
     h_a, h_b = torch.randn(2, 7)
     path = interpolation.interpolate(h_a, h_b, alphas)
     assert torch.equal(path[0], h_a) and torch.equal(path[-1], h_b)
     torch.testing.assert_close(path[2], (h_a + h_b) / 2)
-    result = interpolation.make(figure_ctx, {"first_image": 0, "num_steps": 4, "start": 0.0, "stop": 1.0,
+
+    seen = {}
+    original = figure_ctx.sample
+
+    def spy(h, k, run=None, noise=None):
+        seen["h"] = h.clone()
+        return original(h, k, run=run, noise=noise)
+
+    monkeypatch.setattr(figure_ctx, "sample", spy)
+    result = interpolation.make(figure_ctx, {"first_image": 1, "num_steps": 4, "start": 0.0, "stop": 1.0,
                                              "noise_rows": 2})
-    assert result["first_equals_h_a"] and result["last_equals_h_b"]
+    # What was sampled, against the two validation images encoded here: items 1 and 2 (first_image=1).
+    items = figure_ctx.run.val_items(3)
+    expected_a, expected_b = figure_ctx.run.pipeline.encode(items["image"][1:3])
+    conditionings = seen["h"]
+    assert conditionings.shape == (4, expected_a.numel())
+    assert torch.equal(conditionings[0], expected_a) and torch.equal(conditionings[-1], expected_b)
+    torch.testing.assert_close(conditionings[1], (2 * expected_a + expected_b) / 3)
+    assert result["images"] == ["val 1", "val 2"]
     assert torch.allclose(torch.tensor(result["alphas"]), torch.linspace(0, 1, 4))
-    assert len(result["sq_l2_to_a"]) == 4
 
 
 def test_interpolation_rows_share_noise_along_the_path(figure_ctx, monkeypatch):

@@ -23,7 +23,8 @@ def test_ranks_of_a_hand_checked_toy_case():
         [3.4],   # own 2 at 1.96; closer: 3 (0.16) -> rank 2
         [0.0],   # own 3 at 9; closer: 0, 1, 2 -> rank 4 (the worst possible)
     ])
-    ranks = conditioning_ranks(samples, conds, grouped_owners(4, 1), batch_size=3)  # batch_size=3 also checks the batching
+    # batch_size=3 also checks the batching
+    ranks = conditioning_ranks(samples, conds, grouped_owners(4, 1), batch_size=3)
     assert ranks.tolist() == [2, 1, 2, 4]
     summary = rank_summary(ranks, 4)
     assert summary["mean_rank"] == pytest.approx(9 / 4)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 import torch
@@ -205,7 +205,7 @@ def _draw(shape: str, canvas_size: int, centre: np.ndarray, radius: float, rotat
     return canvas
 
 
-@lru_cache(maxsize=None)
+@cache
 def unit_centroid(shape: str) -> np.ndarray:
     """(2,) centroid of the shape's visible area, unrotated, in units of its circumscribed radius (y down).
 
