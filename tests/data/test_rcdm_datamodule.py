@@ -42,6 +42,16 @@ def test_train_batches_have_the_documented_shapes_and_ranges(tmp_path, make_enco
     assert datamodule.cache_key("train") != datamodule.cache_key("val")
 
 
+def test_only_the_training_split_caches_flipped_representations(tmp_path, make_encoder):
+    datamodule = _datamodule(tmp_path, make_encoder())
+    caches = {split: RepresentationCache.open(datamodule.cache_dir, datamodule.cache_key(split)) for split in
+              ("train", "val")}
+    assert caches["train"].has_flips and not caches["val"].has_flips
+    assert caches["val"].reps.shape == (NUM_VAL, 1, 6)
+    unflipped = _datamodule(tmp_path / "noflip", make_encoder(), flip=False)
+    assert not RepresentationCache.open(unflipped.cache_dir, unflipped.cache_key("train")).has_flips
+
+
 def test_flip_moves_x0_and_h_together(tmp_path, make_encoder):
     torch.manual_seed(0)
     datamodule = _datamodule(tmp_path, make_encoder())

@@ -44,6 +44,19 @@ def test_build_stores_h_of_each_image_and_of_its_mirror(tmp_path, dataset, make_
     assert (meta["num_items"], meta["dim"], meta["resolution"], meta["split"]) == (ITEMS, 6, RESOLUTION, "train")
 
 
+def test_a_split_never_flipped_encodes_only_its_images(tmp_path, dataset, make_encoder):
+    encoder, images, reference = make_encoder(), _all_images(dataset), make_encoder()
+    cache = RepresentationCache.build(tmp_path, "noflip", dataset, encoder, batch_size=BATCH, progress=False,
+                                      resolution=RESOLUTION, flips=False)
+    assert cache.reps.shape == (ITEMS, 1, encoder.dim) and not cache.has_flips
+    assert torch.allclose(cache.get(5, False), reference(images[5:6])[0], atol=1e-6)
+    with pytest.raises(RuntimeError, match="without flipped images"):
+        cache.get(5, True)
+    fingerprint = dataset.fingerprint()
+    identity = encoder.identity()
+    assert cache_key(identity, fingerprint, RESOLUTION, flips=False) != cache_key(identity, fingerprint, RESOLUTION)
+
+
 def test_reopening_a_complete_cache_calls_no_encoder(tmp_path, dataset, make_encoder):
     first = _build(tmp_path, dataset, make_encoder())
     again = make_encoder()

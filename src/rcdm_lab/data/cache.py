@@ -1,8 +1,9 @@
 """On-disk, memory-mapped cache of a frozen encoder's representations (and flips) of a dataset.
 
-A frozen encoder's h = f(x) never changes, so it is computed once per image and per horizontal flip.
-The same pass can store the image at the diffusion resolution (uint8), so a training batch decodes nothing.
-Layout of root/<key>/: reps.npy (N, 2, D) float32, [images.npy (N, 3, R, R) uint8], meta.json, progress.json.
+A frozen encoder's h = f(x) never changes, so it is computed once per image and, where training flips images, per
+horizontal flip. The same pass can store the image at the diffusion resolution (uint8), so a training batch decodes
+nothing. Layout of root/<key>/: reps.npy (N, 2, D) float32 ((N, 1, D) without flips), [images.npy (N, 3, R, R)
+uint8], meta.json, progress.json.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ CACHE_FORMAT_VERSION = 1
 _STATS_CHUNK_ROWS = 4096
 
 
-def cache_key(encoder_identity: dict, dataset_fingerprint: str, resolution: int) -> str:
+def cache_key(encoder_identity: dict, dataset_fingerprint: str, resolution: int, flips: bool = True) -> str:
     """Short hex digest of everything that determines the cache's contents."""
     recipe = {
         "format": CACHE_FORMAT_VERSION,
@@ -43,6 +44,8 @@ def cache_key(encoder_identity: dict, dataset_fingerprint: str, resolution: int)
         "dataset": dataset_fingerprint,
         "resolution": int(resolution),
     }
+    if not flips:  # only then, so caches with flips keep the keys they were built under
+        recipe["flips"] = False
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -114,20 +117,20 @@ def encoder_on(encoder: nn.Module, device: torch.device) -> Iterator[None]:
         encoder.to(original_device)
 
 
-def _rows_done(directory: Path, num_items: int, dim: int, resolution: int | None) -> int:
+def _rows_done(directory: Path, num_items: int, dim: int, resolution: int | None, flips: bool) -> int:
     """Rows a previous, interrupted build of the same layout finished; 0 when there is nothing to resume."""
     progress, meta = _read_json(directory / "progress.json"), _read_json(directory / "meta.json")
     if progress is None or meta is None or not (directory / "reps.npy").exists():
         return 0
-    layout = (meta.get("num_items"), meta.get("dim"), meta.get("resolution"))
-    same_layout = layout == (num_items, dim, resolution)
+    layout = (meta.get("num_items"), meta.get("dim"), meta.get("resolution"), meta.get("flips", True))
+    same_layout = layout == (num_items, dim, resolution, flips)
     if not same_layout or (resolution is not None and not (directory / "images.npy").exists()):
         return 0
     return int(np.clip(progress.get("rows_done", 0), 0, num_items))
 
 
 class RepresentationCache:
-    """(N, 2, D) float32 memmap: [:, 0] = h of the image, [:, 1] = h of its horizontal flip."""
+    """(N, 2, D) float32 memmap: [:, 0] = h of the image, [:, 1] = h of its horizontal flip ((N, 1, D): no flips)."""
 
     def __init__(self, directory: Path) -> None:
         meta = _read_json(directory / "meta.json")
@@ -138,6 +141,7 @@ class RepresentationCache:
         self.num_items: int = int(meta["num_items"])
         self.dim: int = int(meta["dim"])
         self.resolution: int | None = meta.get("resolution")
+        self.has_flips: bool = bool(meta.get("flips", True))
         self._reps: np.ndarray | None = None
         self._images: np.ndarray | None = None
 
@@ -168,6 +172,8 @@ class RepresentationCache:
 
     def get(self, index: int, flipped: bool) -> Tensor:
         """(D,) float32 representation of item `index` (of its mirror image when `flipped`)."""
+        if flipped and not self.has_flips:
+            raise RuntimeError(f"representation cache {self.directory} was built without flipped images")
         return torch.from_numpy(np.array(self.reps[index, int(bool(flipped))]))
 
     def get_image(self, index: int, flipped: bool) -> Tensor:
@@ -218,13 +224,17 @@ class RepresentationCache:
         device: str | torch.device = "cpu",
         meta: dict | None = None,
         resolution: int | None = None,
+        flips: bool = True,
     ) -> RepresentationCache:
-        """Build, resume or just open the cache root/<key>; `resolution` also stores images resized to it."""
+        """Build, resume or just open the cache root/<key>; `resolution` also stores images resized to it.
+
+        `flips=False` encodes only the images themselves (half the encoder passes), for splits never flipped.
+        """
         directory = Path(root) / key
         directory.mkdir(parents=True, exist_ok=True)
         with _exclusive_lock(directory / ".lock"):
             if not cls.is_complete(root, key):
-                options = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
+                options = dict(batch_size=batch_size, num_workers=num_workers, progress=progress, flips=flips)
                 _fill(directory, dataset, encoder, torch.device(device), meta, resolution, **options)
         return cls.open(root, key)
 
@@ -239,19 +249,21 @@ def _fill(
     batch_size: int,
     num_workers: int,
     progress: bool,
+    flips: bool,
 ) -> None:
     """Encode the rows not done yet, recording progress after every batch."""
     num_items, dim = len(dataset), int(encoder.dim)
     if num_items == 0:
         raise RCDMError("cannot cache representations of an empty dataset: check the dataset settings")
-    start = _rows_done(directory, num_items, dim, resolution)
+    start = _rows_done(directory, num_items, dim, resolution, flips)
     if start == 0:
         # Reset progress before the arrays are recreated, so no crash can leave rows claimed but zeroed.
         _write_json_atomically(directory / "progress.json", {"rows_done": 0, "complete": False})
-        record = {**(meta or {}), "num_items": num_items, "dim": dim, "resolution": resolution}
+        record = {**(meta or {}), "num_items": num_items, "dim": dim, "resolution": resolution, "flips": flips}
         _write_json_atomically(directory / "meta.json", record)
     mode = "r+" if start > 0 else "w+"
-    reps = open_memmap(directory / "reps.npy", mode=mode, dtype=np.float32, shape=(num_items, 2, dim))
+    shape = (num_items, 2 if flips else 1, dim)
+    reps = open_memmap(directory / "reps.npy", mode=mode, dtype=np.float32, shape=shape)
     images = None
     if resolution is not None:
         shape = (num_items, 3, resolution, resolution)
@@ -270,7 +282,11 @@ def _fill(
     with encoder_on(encoder, device), bar:
         for batch in loader:
             pixels = batch["image"].to(device, torch.float32)
-            h = encode_with_flips(pixels, encoder)
+            if flips:
+                h = encode_with_flips(pixels, encoder)
+            else:
+                with torch.no_grad():
+                    h = encoder(pixels).float()[:, None]
             if not torch.isfinite(h).all():
                 raise RuntimeError(f"encoder produced non-finite values for items {row}..{row + len(h) - 1}")
             reps[row : row + len(h)] = h.cpu().numpy()

@@ -156,9 +156,13 @@ class RCDMDataModule(L.LightningDataModule):
             self._datasets[split] = dataset
         return self._datasets[split]
 
+    def flips(self, split: str) -> bool:
+        """Whether `split` is ever flipped (training with flip=True): only then are flipped images encoded."""
+        return self.flip and split == "train"
+
     def cache_key(self, split: str) -> str:
         encoder_identity = self._require_encoder().identity()
-        return cache_key(encoder_identity, self.dataset(split).fingerprint(), self.resolution)
+        return cache_key(encoder_identity, self.dataset(split).fingerprint(), self.resolution, self.flips(split))
 
     def _build_device(self) -> torch.device:
         # Inside trainer.fit the strategy already chose this process's device (e.g. the right GPU under DDP).
@@ -191,13 +195,14 @@ class RCDMDataModule(L.LightningDataModule):
                 device=self._build_device(),
                 meta=meta,
                 resolution=self.resolution,
+                flips=self.flips(split),
             )
 
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:
             if split in self._items:
                 continue
-            dataset, random_flip = self.dataset(split), self.flip and split == "train"
+            dataset, random_flip = self.dataset(split), self.flips(split)
             if self.cache:
                 cache = RepresentationCache.open(self.cache_dir, self.cache_key(split))
                 self._items[split] = CachedItems(cache, dataset, random_flip)
