@@ -155,3 +155,13 @@ def test_gradient_clipping_bounds_the_update(tmp_path, clip, bound):
         assert update.norm() > 100 * 1e-3   # unclipped, the first gradient is far above the bound tested above
     else:
         assert update.norm() <= bound * (1 + 1e-3)
+
+
+def test_a_wall_clock_cap_says_how_many_steps_ran_and_that_results_will_differ(tmp_path, caplog):
+    from rcdm_lab.cli.train import train
+
+    caplog.set_level("INFO")
+    train(compose_train(tmp_path, "trainer.max_steps=1000", "trainer.max_time={seconds: 1}",
+                        "callbacks.preview.every_n_steps=0"))
+    message = next(r.getMessage() for r in caplog.records if "trainer.max_time" in r.getMessage())
+    assert "training ran " in message and " of 1000 steps" in message and "results will differ" in message

@@ -71,9 +71,18 @@ def run(cfg: DictConfig) -> dict:
     ckpt = train(cfg)
     trained = time.perf_counter()
     results = evaluate(cfg, ckpt)
-    results.update(checkpoint=str(ckpt), train_seconds=round(trained - start, 1),
+    timing_file = Path(cfg.output_dir) / "timing.json"   # written by the TrainingClock callback
+    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    results.update(checkpoint=str(ckpt), timing=timing, train_phase_seconds=round(trained - start, 1),
                    total_seconds=round(time.perf_counter() - start, 1))
     (Path(cfg.output_dir) / "demo.json").write_text(json.dumps(results, indent=2))
+    if timing.get("steps"):
+        # Startup, data rendering and the representation cache: everything of the training phase but the steps.
+        setup = results["train_phase_seconds"] - timing["train_seconds"]
+        sampling = results["total_seconds"] - results["train_phase_seconds"]
+        print(f"rcdm-demo: {timing['steps']} training steps in {timing['train_seconds']:.0f} s "
+              f"({timing['ms_per_step']:.0f} ms/step, precision {timing['precision']}); setup and caching "
+              f"{setup:.0f} s; sampling and measuring {sampling:.0f} s")
     print(f"rcdm-demo: wrote {results['samples_png']} (first column: the conditioning image; rows 1-"
           f"{cfg.demo.num_conditionings} held-out shapes, then real photos) and {ckpt}; "
           f"total {results['total_seconds']:.0f} s")
