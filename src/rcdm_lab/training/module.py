@@ -132,7 +132,7 @@ class RCDMModule(L.LightningModule):
 
     def _generator(self, batch_idx: int, stream: int = 0) -> torch.Generator:
         # (global_step, batch_idx) is unique per micro-batch, also under gradient accumulation.
-        return step_generator(self.seed + stream, self.global_rank, self.global_step, batch_idx, self.device)
+        return step_generator(self.seed, self.global_rank, self.global_step, batch_idx, self.device, stream)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         losses, t = self.diffusion_losses(batch, self._generator(batch_idx), self.cond_drop)

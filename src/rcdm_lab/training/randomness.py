@@ -23,9 +23,10 @@ def mixed_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def step_generator(seed: int, rank: int, step: int, micro_batch: int, device: torch.device) -> torch.Generator:
-    """The generator of one training micro-batch's draws (t, noise, condition-dropout mask)."""
-    return torch.Generator(device=device).manual_seed(mixed_seed(seed, rank, step, micro_batch))
+def step_generator(seed: int, rank: int, step: int, micro_batch: int, device: torch.device,
+                   stream: int = 0) -> torch.Generator:
+    """The generator of one micro-batch's draws (t, noise, condition-dropout mask); `stream` 1: validation."""
+    return torch.Generator(device=device).manual_seed(mixed_seed(seed, rank, step, micro_batch, stream))
 
 
 def seed_process(seed: int, rank: int) -> int:
