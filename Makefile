@@ -58,7 +58,7 @@ fig-%: $(STAMP)
 	$(VENV)/bin/rcdm-figure experiment=$* $(MODELS) $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks experiments
 
 clean:
 	rm -rf outputs multirun .cache .pytest_cache .ruff_cache

@@ -132,6 +132,8 @@ def test_condition_dropout_replaces_h_at_the_configured_rate(tmp_path):
     masks = []
     module.unet.register_forward_pre_hook(lambda unet, args, kwargs: masks.append(kwargs["drop_cond"]),
                                           with_kwargs=True)
+    # Only the mask matters here: a stand-in forward (hooks still run) saves a 4000-image UNet pass.
+    module.unet.forward = lambda x, t, feat, drop_cond=None: torch.zeros(len(x), 6, *x.shape[2:])
     batch = {"x0": torch.zeros(4000, 3, 16, 16), "h": torch.randn(4000, 1280)}
     module.diffusion_losses(batch, torch.Generator().manual_seed(0), module.cond_drop)
     assert masks[0].dtype == torch.bool and masks[0].shape == (4000,)
@@ -161,7 +163,7 @@ def test_a_wall_clock_cap_says_how_many_steps_ran_and_that_results_will_differ(t
     from rcdm_lab.cli.train import train
 
     caplog.set_level("INFO")
-    train(compose_train(tmp_path, "trainer.max_steps=1000", "trainer.max_time={seconds: 1}",
+    train(compose_train(tmp_path, "trainer.max_steps=1000", "trainer.max_time=00:00:00:01",
                         "callbacks.preview.every_n_steps=0"))
     message = next(r.getMessage() for r in caplog.records if "trainer.max_time" in r.getMessage())
     assert "training ran " in message and " of 1000 steps" in message and "results will differ" in message
