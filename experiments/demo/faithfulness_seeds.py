@@ -21,6 +21,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--weights", default="ema", help="ema, raw or ema,raw")
     parser.add_argument("--precision", default="32", help="sampling precision (32: comparable across machines)")
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     run = TrainedRun.load(args.ckpt)
@@ -30,11 +31,11 @@ def main() -> None:
                       if k.startswith("unet.")}}
     for weights in args.weights.split(","):
         pipeline.unet.load_state_dict(states[weights])
-        line = [f"{args.ckpt} {weights}:"]
+        line = [f"{args.ckpt} {weights} ddim{args.steps}:"]
         for guidance in (1.0, 8.0):
             scores = []
             for seed in seeds:
-                samples = pipeline.sample(items["h"], 8, sampler="ddim", steps=25, guidance=guidance, seed=seed,
+                samples = pipeline.sample(items["h"], 8, sampler="ddim", steps=args.steps, guidance=guidance, seed=seed,
                                           precision=args.precision)
                 scores.append(nearest_conditioning_accuracy(pipeline.encode((samples + 1) / 2), items["h"], 8))
             line.append(f"guidance {guidance:g}: mean {sum(scores) / len(scores):.3f} "

@@ -49,7 +49,7 @@ def evaluate(cfg: DictConfig, ckpt: Path) -> dict:
     for guidance in sorted({1.0, float(demo.guidance)}):
         start = time.perf_counter()
         samples = pipeline.sample(held_out["h"], k, sampler=demo.sampler, steps=demo.steps, guidance=guidance,
-                                  seed=cfg.seed, progress=True)
+                                  seed=cfg.seed, batch_size=demo.batch_size, progress=True)
         sample_reps = pipeline.encode((samples + 1) / 2)
         score = nearest_conditioning_accuracy(sample_reps, held_out["h"], k)
         results[f"faithfulness_guidance_{guidance:g}"] = score
@@ -58,7 +58,7 @@ def evaluate(cfg: DictConfig, ckpt: Path) -> dict:
         guided = samples
     photos = bundled_photos(list(demo.photos))
     photo_samples = pipeline.sample(pipeline.encode(photos), k, sampler=demo.sampler, steps=demo.steps,
-                                    guidance=float(demo.guidance), seed=cfg.seed)
+                                    guidance=float(demo.guidance), seed=cfg.seed, batch_size=demo.batch_size)
     rows = torch.cat([resize_and_center_crop(held_out["image"], 224), photos])
     grid = conditioning_grid(rows, torch.cat([guided, photo_samples]))
     path = save_png(grid, Path(cfg.output_dir) / "samples.png", upscale=3)
