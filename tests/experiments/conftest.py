@@ -20,3 +20,18 @@ def tiny_run(trained_checkpoint) -> TrainedRun:
 def figure_ctx(tiny_run, tmp_path) -> FigureContext:
     return FigureContext(runs=[tiny_run], sampling=dict(FAST_SAMPLING), out_dir=tmp_path, seed=0,
                          labels=["tiny"])
+
+
+@pytest.fixture
+def sample_calls(figure_ctx, monkeypatch) -> list[dict]:
+    """Every `figure_ctx.sample` call -- its h, noise and the samples it returned -- recorded on the way through."""
+    calls: list[dict] = []
+    original = figure_ctx.sample
+
+    def recording(h, k, run=None, noise=None):
+        samples = original(h, k, run=run, noise=noise)
+        calls.append({"h": h.clone(), "noise": noise, "samples": samples})
+        return samples
+
+    monkeypatch.setattr(figure_ctx, "sample", recording)
+    return calls

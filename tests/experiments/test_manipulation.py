@@ -50,15 +50,7 @@ def test_apply_mask_zeroes_or_replaces_exactly_the_masked_dims():
         apply_mask(h, mask.float())
 
 
-def test_manipulation_rows_are_the_original_zeroed_and_replaced_representations(figure_ctx, monkeypatch):
-    seen = {}
-    original_sample = figure_ctx.sample
-
-    def spy(h, k, run=None, noise=None):
-        seen["h"], seen["noise"] = h.clone(), noise
-        return original_sample(h, k, run=run, noise=noise)
-
-    monkeypatch.setattr(figure_ctx, "sample", spy)
+def test_manipulation_rows_are_the_original_zeroed_and_replaced_representations(figure_ctx, sample_calls):
     result = manipulation.make(figure_ctx, settings(mode="both", target_offset=[1]))
 
     # The protocol by brute force: the query's 8 training neighbours by cosine similarity (the shipped default, as
@@ -73,14 +65,14 @@ def test_manipulation_rows_are_the_original_zeroed_and_replaced_representations(
     most, least = counts > 4, (counts >= 1) & (counts <= 2)
     assert most.any() and least.any()
 
-    rows = seen["h"]
+    rows = sample_calls[0]["h"]
     assert [row["label"] for row in result["rows"]] == ["original", "most = 0", "most <- val 1", "least = 0",
                                                         "least <- val 1"]
     assert torch.equal(rows[0], h_query)
     for mask, zeroed, replaced in [(most, rows[1], rows[2]), (least, rows[3], rows[4])]:
         assert torch.all(zeroed[mask] == 0) and torch.equal(zeroed[~mask], h_query[~mask])
         assert torch.equal(replaced[mask], h_target[mask]) and torch.equal(replaced[~mask], h_query[~mask])
-    assert seen["noise"] is None                      # ctx.sample's default: the same noise for every row
+    assert sample_calls[0]["noise"] is None                      # ctx.sample's default: the same noise for every row
     assert result["masks"]["most_common"]["size"] == int(most.sum())
     assert result["masks"]["least_common"]["dims"] == least.nonzero().flatten().tolist()[:64]
     assert result["metric"] == "cosine" and result["neighbors"]["indices"] == indices[0].tolist()

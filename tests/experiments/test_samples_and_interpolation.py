@@ -36,27 +36,19 @@ def test_samples_figure_reads_any_folder_of_images(figure_ctx, tmp_path):
     assert result["images"] == ["p0", "p1"]
 
 
-def test_interpolation_walks_from_the_first_images_representation_to_the_second(figure_ctx, monkeypatch):
+def test_interpolation_walks_from_the_first_images_representation_to_the_second(figure_ctx, sample_calls):
     alphas = torch.linspace(0, 1, 5)
     h_a, h_b = torch.randn(2, 7)
     path = interpolation.interpolate(h_a, h_b, alphas)
     assert torch.equal(path[0], h_a) and torch.equal(path[-1], h_b)
     torch.testing.assert_close(path[2], (h_a + h_b) / 2)
 
-    seen = {}
-    original = figure_ctx.sample
-
-    def spy(h, k, run=None, noise=None):
-        seen["h"] = h.clone()
-        return original(h, k, run=run, noise=noise)
-
-    monkeypatch.setattr(figure_ctx, "sample", spy)
     result = interpolation.make(figure_ctx, {"first_image": 1, "num_steps": 4, "start": 0.0, "stop": 1.0,
                                              "noise_rows": 2})
     # What was sampled, against the two validation images encoded here: items 1 and 2 (first_image=1).
     items = figure_ctx.run.val_items(3)
     expected_a, expected_b = figure_ctx.run.pipeline.encode(items["image"][1:3])
-    conditionings = seen["h"]
+    conditionings = sample_calls[0]["h"]
     assert conditionings.shape == (4, expected_a.numel())
     assert torch.equal(conditionings[0], expected_a) and torch.equal(conditionings[-1], expected_b)
     torch.testing.assert_close(conditionings[1], (2 * expected_a + expected_b) / 3)
@@ -64,16 +56,8 @@ def test_interpolation_walks_from_the_first_images_representation_to_the_second(
     assert torch.allclose(torch.tensor(result["alphas"]), torch.linspace(0, 1, 4))
 
 
-def test_interpolation_rows_share_noise_along_the_path(figure_ctx, monkeypatch):
-    seen = {}
-    original = figure_ctx.sample
-
-    def spy(h, k, run=None, noise=None):
-        seen["noise"] = noise
-        return original(h, k, run=run, noise=noise)
-
-    monkeypatch.setattr(figure_ctx, "sample", spy)
+def test_interpolation_rows_share_noise_along_the_path(figure_ctx, sample_calls):
     interpolation.make(figure_ctx, {"first_image": 0, "num_steps": 3, "start": 0.0, "stop": 1.0, "noise_rows": 2})
-    noise = seen["noise"].view(3, 2, *seen["noise"].shape[1:])   # (path step, row, ...)
+    noise = sample_calls[0]["noise"].view(3, 2, *sample_calls[0]["noise"].shape[1:])   # (path step, row, ...)
     assert torch.equal(noise[0], noise[1]) and torch.equal(noise[0], noise[2])
     assert not torch.equal(noise[0, 0], noise[0, 1])
