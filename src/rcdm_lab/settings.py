@@ -4,7 +4,7 @@ A bad override (`n=-3`, `model.optimizer.lr=abc`) must stop a command in its fir
 after rendering and caching 10 000 images, and not as a traceback from deep inside torch. Commands list their
 rules (`rcdm_lab.cli.validation`); a figure or metric module may add its own `RULES` for its settings block.
 
-    check(cfg, [positive_int("n"), number("model.optimizer.lr", above=0, example="1e-4")])
+    check(cfg, [integer("n"), number("model.optimizer.lr", above=0, example="1e-4")])
 """
 
 from __future__ import annotations
