@@ -7,14 +7,14 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from rcdm_lab.cli.common import CONF_DIR, register_resolvers
-from rcdm_lab.cli.validation import validate_eval, validate_figure, validate_sample, validate_train
+from rcdm_lab.cli.validation import validate_eval, validate_figure, validate_probe, validate_sample, validate_train
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.experiments import FIGURES
 from rcdm_lab.settings import Rule, check, integer, number, one_of
 from rcdm_testing import run_cli
 
 VALIDATORS = {"train": validate_train, "demo": validate_train, "sample": validate_sample, "eval": validate_eval,
-              "figure": validate_figure}
+              "figure": validate_figure, "probe": validate_probe}
 
 
 def _compose(config_name: str, *overrides: str):
@@ -42,6 +42,7 @@ def test_rules_name_the_setting_and_what_it_accepts():
     ("train", ["data=cifar10", "encoder=dino_resnet50", "layer=head"]),
     ("sample", ["ckpt=x.ckpt", "images=y"]),
     ("eval", ["ckpt=x.ckpt", "metric=[faithfulness,distances,fid,kde]"]),
+    ("probe", ["layer=head", "encoder=simclr_resnet50"]),
     *[("figure", [f"experiment={name}", "ckpt=x.ckpt"]) for name in FIGURES],
 ])
 def test_every_shipped_config_passes_its_own_checks(config_name, overrides):
@@ -66,6 +67,7 @@ def test_every_shipped_config_passes_its_own_checks(config_name, overrides):
      "metric.faithfulness.samples_per_conditioning=0 is not allowed: use an integer >= 1"),
     ("eval", ["ckpt=x", "metric=fid", "metric.fid.features=clip"], "metric.fid.features='clip' is not allowed"),
     ("eval", ["ckpt=x", "sampling.steps=ddimX"], "cannot read timestep spacing 'ddimX'"),
+    ("probe", ["probe.continuous_bins=1"], "probe.continuous_bins=1 is not allowed: use an integer >= 2"),
     ("figure", ["experiment=interpolation", "ckpt=x", "figure.num_steps=1"],
      "figure.num_steps=1 is not allowed: use an integer >= 2"),
     ("figure", ["experiment=manipulation", "ckpt=x", "figure.mode=all"], "figure.mode='all' is not allowed: use one "

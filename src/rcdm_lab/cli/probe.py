@@ -21,6 +21,7 @@ from torch import Tensor
 
 from rcdm_lab.cli.common import hydra_entry, require_values
 from rcdm_lab.cli.train import encoder_spec
+from rcdm_lab.cli.validation import validate_probe
 from rcdm_lab.data.cache import RepresentationCache
 from rcdm_lab.metrics.probe import LinearProbe, probing_targets, save_probes, train_linear_probe
 
@@ -56,6 +57,7 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
     from rcdm_lab.encoders import build_encoder
 
     require_values(cfg)
+    validate_probe(cfg)
     torch.manual_seed(cfg.seed)
     encoder = build_encoder(**encoder_spec(cfg))
     # The probe reads h from the cache whatever data.cache says: it is the same cache rcdm-train would use.

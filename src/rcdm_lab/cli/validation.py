@@ -116,6 +116,19 @@ _SHARED_EVAL_RULES: list[Rule] = [
 ]
 
 
+PROBE_RULES: list[Rule] = [
+    *TRAIN_RULES,   # the same encoder / layer / data / resolution groups as rcdm-train (absent keys are skipped)
+    integer("probe.steps"),
+    number("probe.weight_decay", at_least=0),
+    integer("probe.continuous_bins", minimum=2),
+    satisfies("probe.device", _device, "auto, cpu, cuda or cuda:<index>"),
+]
+
+
+def validate_probe(cfg: DictConfig) -> None:
+    check(cfg, PROBE_RULES)
+
+
 def validate_train(cfg: DictConfig) -> None:
     check(cfg, TRAIN_RULES)
     _sampler_options(cfg, "callbacks.preview.")
