@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from rcdm_lab.cli.common import CONF_DIR, register_resolvers
 from rcdm_lab.cli.validation import validate_eval, validate_figure, validate_probe, validate_sample, validate_train
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.experiments import FIGURES
 from rcdm_lab.settings import Rule, check, integer, number, one_of
-from rcdm_testing import run_cli
+from rcdm_testing import compose_config, run_cli
 
 VALIDATORS = {"train": validate_train, "demo": validate_train, "sample": validate_sample, "eval": validate_eval,
               "figure": validate_figure, "probe": validate_probe}
 
 
-def _compose(config_name: str, *overrides: str):
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name, overrides=list(overrides))
-
-
 def test_rules_name_the_setting_and_what_it_accepts():
-    cfg = _compose("sample", "ckpt=a.ckpt", "images=b", "n=-3")
+    cfg = compose_config("sample", "ckpt=a.ckpt", "images=b", "n=-3")
     with pytest.raises(RCDMError, match=r"^n=-3 is not allowed: use an integer >= 1$"):
         check(cfg, [integer("n")])
     with pytest.raises(RCDMError, match=r"^guidance=1\.0 is not allowed: use a number > 2 \(e\.g\. 3\)$"):
@@ -46,7 +36,7 @@ def test_rules_name_the_setting_and_what_it_accepts():
     *[("figure", [f"experiment={name}", "ckpt=x.ckpt"]) for name in FIGURES],
 ])
 def test_every_shipped_config_passes_its_own_checks(config_name, overrides):
-    cfg = _compose(config_name, *[o.replace("resolution=128", "resolution=128px") for o in overrides])
+    cfg = compose_config(config_name, *[o.replace("resolution=128", "resolution=128px") for o in overrides])
     VALIDATORS[config_name](cfg)
 
 
@@ -61,7 +51,7 @@ def test_every_shipped_config_passes_its_own_checks(config_name, overrides):
     ("train", ["callbacks.preview.sampler=euler"], "callbacks.preview.sampler='euler' is not allowed: use one of "
                                                    "ddpm, ddim"),
     ("demo", ["demo.steps=0"], "demo.steps=0: timestep spacing 0 asks for 0 steps"),
-    ("sample", ["ckpt=x", "images=y", "sampler=ddpm", "eta=0.5"], "eta=0.5 only applies to sampler=ddim"),
+    ("sample", ["ckpt=x", "images=y", "sampler=ddpm", "eta=0.5"], "eta=0.5 only applies to sampler='ddim'"),
     ("sample", ["ckpt=x", "images=y", "device=gpu0"], "device='gpu0' is not allowed: use auto, cpu, cuda"),
     ("eval", ["ckpt=x", "metric.faithfulness.samples_per_conditioning=0"],
      "metric.faithfulness.samples_per_conditioning=0 is not allowed: use an integer >= 1"),
@@ -77,7 +67,7 @@ def test_every_shipped_config_passes_its_own_checks(config_name, overrides):
      "figure.transforms=['blur'] is not allowed: use a list of vertical_shift, zoom_out"),
 ])
 def test_a_bad_setting_is_named_with_its_allowed_values(config_name, overrides, message):
-    cfg = _compose(config_name, *overrides)
+    cfg = compose_config(config_name, *overrides)
     with pytest.raises(RCDMError) as raised:
         VALIDATORS[config_name](cfg)
     assert message in str(raised.value)

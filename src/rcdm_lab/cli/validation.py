@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rcdm_lab.diffusion.samplers import KNOWN_SAMPLERS
+from rcdm_lab.diffusion.samplers import KNOWN_SAMPLERS, check_sampler_options
 from rcdm_lab.diffusion.schedules import KNOWN_SCHEDULES, check_spacing
 from rcdm_lab.encoders.frozen import INPUT_NORMS
 from rcdm_lab.encoders.registry import LAYERS
@@ -44,10 +44,13 @@ def sampling_rules(prefix: str = "") -> list[Rule]:
 
 
 def _sampler_options(cfg: DictConfig, prefix: str) -> None:
+    """The sampler's own check of its option combination (eta only for DDIM), run before any work."""
     block = OmegaConf.select(cfg, prefix.rstrip(".")) if prefix else cfg
-    if block is not None and block.get("sampler") == "ddpm" and block.get("eta", 0) not in (0, 0.0):
-        raise RCDMError(f"{prefix}eta={block.eta} only applies to {prefix}sampler=ddim; set {prefix}eta=0 or "
-                        f"{prefix}sampler=ddim")
+    if block is not None and "sampler" in block:
+        try:
+            check_sampler_options(block.sampler, block.get("eta", 0.0))
+        except RCDMError as error:
+            raise RCDMError(f"{prefix.rstrip('.')}: {error}" if prefix else str(error)) from None
 
 
 TRAIN_RULES: list[Rule] = [

@@ -101,6 +101,16 @@ def ddim_sample(
     return x
 
 
+def check_sampler_options(sampler: str, eta: float = 0.0) -> None:
+    """RCDMError for an unknown sampler or an option it does not take (also checked before a command starts)."""
+    if sampler not in KNOWN_SAMPLERS:
+        close = difflib.get_close_matches(str(sampler), KNOWN_SAMPLERS, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise RCDMError(f"unknown sampler {sampler!r}; {hint}Known: {', '.join(KNOWN_SAMPLERS)}")
+    if sampler == "ddpm" and eta != 0:
+        raise RCDMError(f"eta={eta} only applies to sampler='ddim'; set eta=0 or sampler='ddim'")
+
+
 def sample(
     diffusion: GaussianDiffusion,
     denoiser: Denoiser,
@@ -118,12 +128,7 @@ def sample(
     **cond,
 ) -> Tensor:
     """Respace the full-length `diffusion` to `steps` and run `sampler` ("ddpm" or "ddim") on it."""
-    if sampler not in KNOWN_SAMPLERS:
-        close = difflib.get_close_matches(str(sampler), KNOWN_SAMPLERS, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise RCDMError(f"unknown sampler {sampler!r}; {hint}Known: {', '.join(KNOWN_SAMPLERS)}")
-    if sampler == "ddpm" and eta != 0:
-        raise RCDMError(f"eta={eta} only applies to sampler='ddim'; set eta=0 or sampler='ddim'")
+    check_sampler_options(sampler, eta)
     respaced = diffusion.respace(steps)
     options = dict(
         generator=generator,
