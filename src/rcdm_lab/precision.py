@@ -13,11 +13,11 @@ An explicit value (``32``, ``bf16-mixed``, ``16-mixed``, ...) is used as given.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from rcdm_lab.errors import RCDMError
 
@@ -98,11 +98,14 @@ def trainer_device(accelerator: object) -> str:
 _announced: set[str] = set()
 
 
-def announce(precision: Precision) -> Precision:
-    """Print `precision: VALUE (why)` once per process (rank zero only), and return it."""
-    is_rank_zero = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
-    line = precision.line()
-    if is_rank_zero and line not in _announced:
+@rank_zero_only
+def _print_once(line: str) -> None:
+    if line not in _announced:
         _announced.add(line)
         print(line, file=sys.stderr, flush=True)
+
+
+def announce(precision: Precision) -> Precision:
+    """Print `precision: VALUE (why)` once per process (rank zero only), and return it."""
+    _print_once(precision.line())
     return precision
