@@ -62,15 +62,15 @@ def quantise(images01: Tensor) -> Tensor:
     return images01.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def encode_with_flips(images01: Tensor, encoder: nn.Module) -> Tensor:
-    """(B, 2, D) float32: h of each image and of its horizontal flip, in one encoder call."""
-    batch, dim = images01.shape[0], int(encoder.dim)
+def encode_for_cache(images01: Tensor, encoder: nn.Module, flips: bool = True) -> Tensor:
+    """(B, 2, D) float32: h of each image and of its horizontal flip, in one encoder call; (B, 1, D) without flips."""
+    batch, dim, views = images01.shape[0], int(encoder.dim), 2 if flips else 1
     # The encoder resizes to its own input size, exactly as it does when sampling from an arbitrary image.
     with torch.no_grad():
-        h = encoder(torch.cat([images01, images01.flip(-1)])).float()
-    if h.shape != (2 * batch, dim):
-        raise RuntimeError(f"encoder returned shape {tuple(h.shape)}, expected {(2 * batch, dim)}")
-    return h.view(2, batch, -1).transpose(0, 1)
+        h = encoder(torch.cat([images01, images01.flip(-1)]) if flips else images01).float()
+    if h.shape != (views * batch, dim):
+        raise RuntimeError(f"encoder returned shape {tuple(h.shape)}, expected {(views * batch, dim)}")
+    return h.view(views, batch, -1).transpose(0, 1)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -282,11 +282,7 @@ def _fill(
     with encoder_on(encoder, device), bar:
         for batch in loader:
             pixels = batch["image"].to(device, torch.float32)
-            if flips:
-                h = encode_with_flips(pixels, encoder)
-            else:
-                with torch.no_grad():
-                    h = encoder(pixels).float()[:, None]
+            h = encode_for_cache(pixels, encoder, flips)
             if not torch.isfinite(h).all():
                 raise RuntimeError(f"encoder produced non-finite values for items {row}..{row + len(h) - 1}")
             reps[row : row + len(h)] = h.cpu().numpy()
