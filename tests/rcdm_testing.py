@@ -38,8 +38,8 @@ def tiny_overrides(tmp: Path, *extra: str) -> list[str]:
     ]
 
 
-def compose_train(tmp: Path, *extra: str, config_name: str = "train"):
-    """The composed rcdm-train config, as the CLI would see it, with its run folder in `tmp / 'run'`."""
+def compose_config(config_name: str, *overrides: str):
+    """conf/<config_name>.yaml composed with `overrides`, as the command-line entry point would see it."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -48,7 +48,12 @@ def compose_train(tmp: Path, *extra: str, config_name: str = "train"):
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name, overrides=[*tiny_overrides(tmp, *extra), f"output_dir={tmp / 'run'}"])
+        return compose(config_name, overrides=list(overrides))
+
+
+def compose_train(tmp: Path, *extra: str, config_name: str = "train"):
+    """The composed rcdm-train config with the tiny overrides, and its run folder in `tmp / 'run'`."""
+    return compose_config(config_name, *tiny_overrides(tmp, *extra), f"output_dir={tmp / 'run'}")
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from rcdm_lab.cli.common import CONF_DIR, register_resolvers, spell_resolution_choices
+from rcdm_lab.cli.common import spell_resolution_choices
+from rcdm_testing import compose_config
 
 
 def _compose(*overrides: str, config_name: str = "train"):
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name, overrides=list(overrides))
+    return compose_config(config_name, *overrides)
 
 
 @pytest.mark.parametrize(("resolution", "channel_mult", "attention"), [
