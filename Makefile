@@ -43,19 +43,35 @@ bench-faithfulness: $(STAMP)
 	@test -f $(DEMO_CKPT) || { echo "no $(DEMO_CKPT): run make demo first (or pass DEMO_CKPT=...)"; exit 2; }
 	$(VENV)/bin/rcdm-eval -m ckpt=$(DEMO_CKPT) metric=faithfulness sampling.guidance=1,8
 
-# Paper figures: `make fig-<name> CKPT=outputs/<run>/checkpoints/last.ckpt [ARGS="images=photos/ seed=1"]`;
-# figures comparing models take CKPTS="[a.ckpt,b.ckpt]". `make figures CKPT=...` runs every single-model figure into
-# outputs/figures/<run>/<figure>/ and writes outputs/figures/<run>/index.html. Code: src/rcdm_lab/experiments/<name>.py.
-SINGLE_MODEL_FIGURES := samples,interpolation,augmentations,adversarial,manipulation,algebra,confidence,nearest_neighbors,class_mean,unconditional
+# Paper items, one per conf/experiment/fig*.yaml and table*.yaml: `make fig03_augmentations [SCALE=cpu]` trains the
+# item's runs (rcdm-train -m experiment=...) and renders it (rcdm-figure, or rcdm-eval for a metric item).
+# TRAIN_ARGS go to training (e.g. data.dataset.root=/data/imagenet/train), ARGS to rendering. `make paper-items`
+# lists them. The README's paper table is checked against these files (tests/cli/test_paper_items.py).
+PAPER_ITEMS := $(sort $(basename $(notdir $(wildcard conf/experiment/fig*.yaml conf/experiment/table*.yaml))))
+SCALE ?=
+SCALE_ARG = $(if $(SCALE),scale=$(SCALE))
+renderer = $(if $(shell grep -l "override /metric" conf/experiment/$(1).yaml),rcdm-eval,rcdm-figure)
+.PHONY: paper-items $(PAPER_ITEMS)
+paper-items:
+	@echo $(PAPER_ITEMS) | tr ' ' '\n'
+$(PAPER_ITEMS): $(STAMP)
+	$(VENV)/bin/rcdm-train -m experiment=$@ $(SCALE_ARG) $(TRAIN_ARGS)
+	$(VENV)/bin/$(call renderer,$@) experiment=$@ $(SCALE_ARG) $(ARGS)
+
+# A figure kind on any checkpoint: `make fig-interpolation CKPT=outputs/<run>/checkpoints/last.ckpt [ARGS=...]`;
+# kinds comparing models take CKPTS="[a.ckpt,b.ckpt]". `make figures CKPT=...` renders every single-model kind into
+# outputs/figures/<run>/<kind>/ and writes outputs/figures/<run>/index.html. Code: src/rcdm_lab/figures/<kind>.py.
 MODELS = $(if $(CKPTS),ckpts=$(CKPTS),ckpt=$(CKPT))
 figures: $(STAMP)
 	@test -n "$(CKPT)" || { echo "usage: make figures CKPT=outputs/<run>/checkpoints/last.ckpt"; exit 2; }
-	$(VENV)/bin/rcdm-figure -m experiment=$(SINGLE_MODEL_FIGURES) ckpt=$(CKPT) \
-	    'hydra.sweep.dir="outputs/figures/$${rcdm_run_name:$${ckpt},$${ckpts}}"' 'hydra.sweep.subdir=$${figure.name}' $(ARGS)
+	kinds=$$($(PY) -c "from rcdm_lab.figures import FIGURE_KINDS as k; \
+	    print(','.join(n for n, kind in k.items() if not kind.several_models))") && \
+	$(VENV)/bin/rcdm-figure -m figure=$$kinds ckpt=$(CKPT) \
+	    'hydra.sweep.dir="outputs/figures/$${rcdm_run_name:$${ckpt},$${ckpts}}"' 'hydra.sweep.subdir=$${figure.kind}' $(ARGS)
 
 fig-%: $(STAMP)
 	@test -n "$(CKPT)$(CKPTS)" || { echo "usage: make fig-$* CKPT=outputs/<run>/checkpoints/last.ckpt"; exit 2; }
-	$(VENV)/bin/rcdm-figure experiment=$* $(MODELS) $(ARGS)
+	$(VENV)/bin/rcdm-figure figure=$* $(MODELS) $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks experiments

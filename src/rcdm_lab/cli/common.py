@@ -51,11 +51,20 @@ def run_name_of(ckpt: str | None, ckpts: list[str] | None = None) -> str:
     return path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
 
 
+def output_name_of(ckpt: str | None, ckpts: list[str] | None, experiment: str | None, scale: str | None) -> str:
+    """The folder name of a figure or evaluation: its model(s), or the paper item (and scale) it renders."""
+    if ckpt or ckpts or experiment in (None, "None"):
+        return run_name_of(ckpt, ckpts)
+    return experiment if scale in (None, "None") else f"{experiment}-{scale}"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("rcdm_wandb_offline"):
         OmegaConf.register_new_resolver("rcdm_wandb_offline", _wandb_offline)
     if not OmegaConf.has_resolver("rcdm_run_name"):
         OmegaConf.register_new_resolver("rcdm_run_name", run_name_of)
+    if not OmegaConf.has_resolver("rcdm_output_name"):
+        OmegaConf.register_new_resolver("rcdm_output_name", output_name_of)
 
 
 def user_error_in(error: BaseException) -> BaseException | None:
@@ -110,6 +119,28 @@ def spell_resolution_choices(argv: list[str]) -> list[str]:
     return spelled
 
 
+def renamed_figure_choice(argv: list[str]) -> str | None:
+    """The hint for the pre-1.0 spelling `experiment=<figure kind>` (a figure kind is now `figure=<kind>`), or None.
+
+    `experiment=` now names a paper item (conf/experiment/fig03_augmentations.yaml, ...), which trains the runs the
+    item needs; a figure kind alone renders any checkpoint.
+    """
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") != "experiment":
+            continue
+        for choice in value.split(","):
+            if not (CONF_DIR / "experiment" / f"{choice}.yaml").is_file() and \
+                    (CONF_DIR / "figure" / f"{choice}.yaml").is_file():
+                items = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")
+                               if f"/figure: {choice}" in p.read_text())
+                paper = f"; the paper item{'s' if len(items) > 1 else ''}: experiment={','.join(items)}" \
+                    if items else ""
+                return (f"experiment={choice} is now figure={choice} (rcdm-figure figure={choice} ckpt=PATH)"
+                        f"{paper}")
+    return None
+
+
 def check_conf_dir() -> None:
     if not (CONF_DIR / "train.yaml").is_file():
         print(f"error: config folder not found at {CONF_DIR}; install the project editable (make install) "
@@ -133,6 +164,10 @@ def hydra_entry(config_name: str, task: Callable[[DictConfig], Any]) -> Callable
     def main() -> None:
         check_conf_dir()
         sys.argv[1:] = spell_resolution_choices(sys.argv[1:])
+        hint = renamed_figure_choice(sys.argv[1:])
+        if hint:
+            print(f"error: {hint}", file=sys.stderr)
+            sys.exit(2)
         app()
 
     return main

@@ -17,7 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from rcdm_lab.cli.common import hydra_entry, require_values
 from rcdm_lab.cli.sample import pick_device
+from rcdm_lab.cli.experiment_runs import runs_of_chosen_experiment
 from rcdm_lab.cli.validation import validate_eval
+from rcdm_lab.errors import RCDMError
 from rcdm_lab.metrics import distances, faithfulness, fid, kde
 from rcdm_lab.trained_run import TrainedRun
 from rcdm_lab.viz.report import numbers, publish, write_json
@@ -29,24 +31,40 @@ METRICS: dict[str, ModuleType] = {"faithfulness": faithfulness, "distances": dis
 HEADLINE_NUMBERS = {"mean_rank", "mrr", "top1", "mean", "fid", "kid_mean", "is_mean", "measured_sigma"}
 
 
-def load_run(cfg: DictConfig) -> TrainedRun:
+def load_run(cfg: DictConfig, ckpt: str) -> TrainedRun:
     """The checkpoint and its data (or the `data=` group the user picked instead)."""
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
-    return TrainedRun.load(cfg.ckpt, device=pick_device(cfg.device), data=data,
-                           encoder_weights=cfg.encoder_weights)
+    return TrainedRun.load(ckpt, device=pick_device(cfg.device), data=data, encoder_weights=cfg.encoder_weights)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate `ckpt`, or every run of the paper item `experiment=` (each into its own subfolder)."""
     require_values(cfg)
     validate_eval(cfg)
-    out = Path(cfg.output_dir)
-    trained = load_run(cfg)
+    if cfg.ckpt is not None:
+        return evaluate(cfg, str(cfg.ckpt), Path(cfg.output_dir))
+    runs = runs_of_chosen_experiment(cfg.get("runs_root"))
+    if runs is None:
+        raise RCDMError("no model given: pass ckpt=outputs/<run>/checkpoints/last.ckpt, or a paper item "
+                        "experiment=<item> (conf/experiment/) whose runs rcdm-train -m experiment=<item> trained")
+    results = {}
+    for trained_run in runs:
+        print(f"{trained_run.name} ({trained_run.checkpoint}):")
+        results[trained_run.name] = evaluate(cfg, str(trained_run.checkpoint), Path(cfg.output_dir) / trained_run.name)
+    write_json(Path(cfg.output_dir) / "results.json", results)
+    print(f"rcdm-eval: {len(runs)} runs; wrote {Path(cfg.output_dir) / 'results.json'}")
+    return results
+
+
+def evaluate(cfg: DictConfig, ckpt: str, out: Path) -> dict[str, Any]:
+    """Every metric of `cfg.metric` on one checkpoint, written to `out`."""
+    trained = load_run(cfg, ckpt)
     sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
     results: dict[str, Any] = {}
     for name, settings in cfg.metric.items():
         start = time.perf_counter()
         result = METRICS[name].evaluate(trained, OmegaConf.to_container(settings, resolve=True), sampling, out)
-        result.update(ckpt=str(cfg.ckpt), sampling=sampling, seconds=round(time.perf_counter() - start, 1))
+        result.update(ckpt=ckpt, sampling=sampling, seconds=round(time.perf_counter() - start, 1))
         write_json(out / f"{name}.json", result)
         results[name] = result
         summary = ", ".join(f"{k}={v:.4g}" for k, v in numbers(result).items()

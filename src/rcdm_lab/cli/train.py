@@ -10,11 +10,14 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from rcdm_lab.cli.common import hydra_entry, require_values
+from rcdm_lab.cli.experiment_runs import declared_runs
 from rcdm_lab.cli.validation import validate_train
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.precision import announce, resolve_precision, trainer_device
@@ -35,9 +38,6 @@ def build(cfg: DictConfig) -> tuple[RCDMModule, L.LightningDataModule, L.Trainer
     from rcdm_lab.encoders import build_encoder
 
     require_values(cfg)
-    if cfg.get("figure") is not None:
-        raise RCDMError(f"experiment={cfg.figure.name} is a figure, not a training run: "
-                        f"rcdm-figure experiment={cfg.figure.name} ckpt=PATH")
     spec = encoder_spec(cfg)
     encoder = build_encoder(**spec)
     datamodule = instantiate(cfg.data)
@@ -96,8 +96,21 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(cfg.ckpt_path)
 
 
+def refuse_single_run_of_a_sweep() -> None:
+    """A paper item declares its runs as a sweep; without -m Hydra would train one run with the default encoder."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.MULTIRUN:
+        return
+    params = declared_runs()
+    if params:
+        item = HydraConfig.get().runtime.choices.get("experiment")
+        runs = ", ".join(f"{key}={value}" for key, value in params.items())
+        raise RCDMError(f"experiment={item} trains its runs as a sweep ({runs}): add -m, "
+                        f"i.e. rcdm-train -m experiment={item}")
+
+
 def train(cfg: DictConfig) -> Path:
     """Train (or resume) and return the path of the final checkpoint."""
+    refuse_single_run_of_a_sweep()
     require_values(cfg)
     validate_train(cfg)  # before anything is rendered, cached or downloaded
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -1,0 +1,148 @@
+"""Every paper item (conf/experiment/fig*, table*) is one `experiment=` override that trains its runs and renders.
+
+The end-to-end test runs each item exactly as `make <item> SCALE=cpu` does -- `rcdm-train -m experiment=<item>
+scale=cpu`, then `rcdm-figure` or `rcdm-eval experiment=<item> scale=cpu` -- at the tiniest size (2 training
+steps, 2 sampling steps), so a renamed key in any item, figure kind or metric breaks a test, not `make`.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from rcdm_lab.cli.common import CONF_DIR, register_resolvers, renamed_figure_choice
+from rcdm_lab.cli.experiment_runs import planned_runs, sweep_combinations
+from rcdm_testing import REPO, compose_config, run_cli
+
+PAPER_ITEMS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if p.stem.startswith(("fig", "table")))
+
+
+def renders_a_metric(item: str) -> bool:
+    return "override /metric" in (CONF_DIR / "experiment" / f"{item}.yaml").read_text()
+
+
+@pytest.fixture
+def hydra_conf():
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def test_there_is_an_item_per_paper_figure_and_table():
+    assert len(PAPER_ITEMS) >= 14
+    assert {"fig02_backbone_vs_head", "fig03_augmentations", "table1b_faithfulness"} <= set(PAPER_ITEMS)
+
+
+@pytest.mark.parametrize("item", PAPER_ITEMS)
+@pytest.mark.parametrize("app", ["train", "figure", "eval"])
+def test_every_item_composes_in_every_command(item, app):
+    if app == "figure" and renders_a_metric(item) or app == "eval" and not renders_a_metric(item):
+        pytest.skip("the item renders with the other command")
+    cfg = compose_config(app, f"experiment={item}", "scale=cpu")
+    assert cfg.paper_item.startswith(("Fig.", "Table"))
+    if app == "figure":
+        assert cfg.figure.kind
+    if app == "eval":
+        assert list(cfg.metric)
+
+
+def test_sweep_combinations_follow_hydras_basic_sweeper_order():
+    combinations = sweep_combinations({"encoder": "a,b", "layer": "backbone,head", "resolution": "32px"})
+    assert combinations == [
+        ["encoder=a", "layer=backbone", "resolution=32px"], ["encoder=a", "layer=head", "resolution=32px"],
+        ["encoder=b", "layer=backbone", "resolution=32px"], ["encoder=b", "layer=head", "resolution=32px"],
+    ]
+
+
+def test_an_item_plans_one_deterministically_named_run_per_combination(hydra_conf):
+    runs = planned_runs("fig02_backbone_vs_head")
+    assert [run.name for run in runs] == [f"{encoder}_resnet50-{layer}-128px" for encoder in
+                                          ("vicreg", "dino", "barlow", "simclr") for layer in ("backbone", "head")]
+    assert all(str(run.directory) == f"outputs/{run.name}" for run in runs)
+    cpu = planned_runs("fig02_backbone_vs_head", "cpu")
+    assert [run.name for run in cpu] == [run.name.replace("128px", "32px") for run in runs]
+    assert all(str(run.directory) == f"outputs/cpu/{run.name}" for run in cpu)
+    assert all("encoder.weights=random" in run.overrides and "data=shapes" in run.overrides for run in cpu)
+
+
+def test_runs_of_different_items_with_the_same_encoder_are_one_run(hydra_conf):
+    shared = {run.name for run in planned_runs("fig01a_samples")} & {run.name for run in
+                                                                     planned_runs("fig03_augmentations")}
+    assert shared == {"dino_resnet50-backbone-128px"}
+
+
+def test_the_training_checkpoint_item_names_a_run_per_encoder_epoch(hydra_conf):
+    assert [run.name for run in planned_runs("fig35_training_checkpoints")] == [
+        f"vicreg_resnet50-backbone-ep{epoch}-128px" for epoch in (1, 5, 50)]
+
+
+def test_the_readme_paper_table_lists_exactly_the_items_with_what_they_render(hydra_conf):
+    section = (REPO / "README.md").read_text().split("## Paper items", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]+?) \| `(figure|metric)=(\w+)` \|[^|]+\| (\d+) \|$", section, re.MULTILINE)
+    assert sorted(row[0] for row in rows) == PAPER_ITEMS
+    for item, paper, group, choice, runs in rows:
+        app = "figure" if group == "figure" else "eval"
+        cfg = compose(app, overrides=[f"experiment={item}"])
+        assert cfg.paper_item == paper
+        assert (cfg.figure.kind if group == "figure" else list(cfg.metric)) == (choice if group == "figure"
+                                                                               else [choice])
+        assert len(planned_runs(item)) == int(runs)
+
+
+def test_the_makefile_has_a_target_per_item():
+    listed = subprocess.run(["make", "-s", "paper-items"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert listed.stdout.split() == PAPER_ITEMS
+
+
+def test_the_old_figure_spelling_names_the_new_one():
+    hint = renamed_figure_choice(["experiment=augmentations", "ckpt=a.ckpt"])
+    assert hint.startswith("experiment=augmentations is now figure=augmentations")
+    assert "experiment=fig03_augmentations" in hint
+    assert renamed_figure_choice(["experiment=fig03_augmentations"]) is None
+    assert renamed_figure_choice(["experiment=demo"]) is None
+
+
+def test_training_an_item_without_multirun_says_to_add_m(tmp_path):
+    result = run_cli("rcdm-train", "experiment=fig03_augmentations", "scale=cpu", f"runs_root={tmp_path}")
+    assert result.returncode == 2
+    assert "add -m, i.e. rcdm-train -m experiment=fig03_augmentations" in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_rendering_an_untrained_item_names_the_training_command(tmp_path):
+    result = run_cli("rcdm-figure", "experiment=fig03_augmentations", "scale=cpu", f"runs_root={tmp_path}",
+                     f"hydra.run.dir={tmp_path / 'figure'}")
+    assert result.returncode == 2
+    assert "Train them with: rcdm-train -m experiment=fig03_augmentations scale=cpu" in result.stderr
+
+
+def tiny(tmp_path) -> list[str]:
+    """The tiniest paper item: 16 px, 2 steps, 32 shapes; the runs and their caches under tmp_path."""
+    return [f"runs_root={tmp_path / 'runs'}", "resolution=16px", "data.dataset.num_train=32",
+            "data.dataset.num_val=8", "encoder.input_size=32", "model.unet.model_channels=16",
+            "model.unet.num_heads=2", "data.batch_size=8", f"data.cache_dir={tmp_path / 'cache'}",
+            "trainer.max_steps=2", "trainer.enable_progress_bar=false", "logger=csv"]
+
+
+@pytest.fixture(scope="module")
+def items_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("paper_items")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("item", PAPER_ITEMS)
+def test_every_item_trains_and_renders_end_to_end(item, items_dir):
+    trained = run_cli("rcdm-train", "-m", f"experiment={item}", "scale=cpu", *tiny(items_dir), timeout=900)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    out = items_dir / "rendered" / item
+    command = "rcdm-eval" if renders_a_metric(item) else "rcdm-figure"
+    rendered = run_cli(command, f"experiment={item}", "scale=cpu", f"runs_root={items_dir / 'runs'}",
+                       "sampling.steps=2", "sampling.progress=false", f"hydra.run.dir={out}", timeout=900)
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    assert (out / ("results.json" if command == "rcdm-eval" else "figure.json")).is_file()
