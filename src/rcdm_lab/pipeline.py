@@ -91,14 +91,14 @@ class RCDMPipeline:
         device: str | torch.device = "cpu",
     ) -> RCDMPipeline:
         """A released facebookresearch/RCDM checkpoint (UNet weights only) with the encoder it was trained on."""
-        from rcdm_lab.models import OFFICIAL_128_FLAGS, load_official_unet
+        from rcdm_lab.models import OFFICIAL_128_FLAGS, learns_sigma, load_official_unet
 
         flags = OFFICIAL_128_FLAGS if flags is None else flags
         unet = load_official_unet(path_or_state_dict, flags)
         if unet.config["ssl_dim"] != encoder.dim:
             raise RCDMError(f"the checkpoint expects a {unet.config['ssl_dim']}-d representation but the encoder "
                             f"gives {encoder.dim}-d; pick the encoder/layer the checkpoint was trained on")
-        diffusion = build_diffusion(schedule="linear", num_timesteps=1000, learn_sigma=unet.config["out_channels"] == 6)
+        diffusion = build_diffusion(schedule="linear", num_timesteps=1000, learn_sigma=learns_sigma(unet.config))
         return cls(unet=unet, diffusion=diffusion, encoder=encoder, resolution=unet.config["image_size"]).to(device)
 
     def to(self, device: str | torch.device) -> RCDMPipeline:

@@ -33,6 +33,7 @@ def build(cfg: DictConfig) -> tuple[RCDMModule, L.LightningDataModule, L.Trainer
     # The frozen encoder is in eval mode on purpose (its BatchNorm statistics must never move).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     from rcdm_lab.encoders import build_encoder
+    from rcdm_lab.models import unet_out_channels
 
     require_values(cfg)
     if cfg.get("figure") is not None:
@@ -49,7 +50,7 @@ def build(cfg: DictConfig) -> tuple[RCDMModule, L.LightningDataModule, L.Trainer
         cfg.model.unet,
         image_size=cfg.resolution,
         ssl_dim=encoder.dim,
-        out_channels=6 if diffusion.get("learn_sigma", True) else 3,
+        out_channels=unet_out_channels(diffusion.get("learn_sigma", True)),
         learn_null_cond=cfg.model.cond_drop > 0,
         _convert_="all",
     )
