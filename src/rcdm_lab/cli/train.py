@@ -20,6 +20,7 @@ from rcdm_lab.errors import RCDMError
 from rcdm_lab.precision import announce, resolve_precision, trainer_device
 from rcdm_lab.training.checkpoint_io import AtomicCheckpointIO
 from rcdm_lab.training.module import RCDMModule
+from rcdm_lab.training.randomness import RandomStatePersistence
 
 
 def encoder_spec(cfg: DictConfig) -> dict[str, Any]:
@@ -71,6 +72,8 @@ def build(cfg: DictConfig) -> tuple[RCDMModule, L.LightningDataModule, L.Trainer
         seed=cfg.seed,
     )
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    # Always, not a `callbacks:` entry one could drop: DDP ranks' flips and dropout and an exact resume depend on it.
+    callbacks.append(RandomStatePersistence(cfg.seed))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     precision = announce(resolve_precision(cfg.trainer.precision, trainer_device(cfg.trainer.accelerator)))
     trainer = instantiate(cfg.trainer, precision=precision.value, callbacks=callbacks, logger=logger,
