@@ -103,7 +103,7 @@ def write_record(checkpoint: dict[str, Any], record: CheckpointRecord) -> None:
     checkpoint[_RECORD_KEY] = record.to_saved()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: comparing two files' tensors is never what `==` should mean
 class Checkpoint:
     """An rcdm-train checkpoint file, read once: its record and everything else it holds.
 
