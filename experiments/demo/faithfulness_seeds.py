@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from rcdm_lab.checkpoint import read_checkpoint
 from rcdm_lab.metrics.faithfulness import nearest_conditioning_accuracy
-from rcdm_lab.pipeline import load_checkpoint_file
 from rcdm_lab.trained_run import TrainedRun
 
 
@@ -27,7 +27,7 @@ def main() -> None:
     run = TrainedRun.load(args.ckpt)
     pipeline, items = run.pipeline, run.val_items(16)
     states = {"ema": {k: v.clone() for k, v in pipeline.unet.state_dict().items()},
-              "raw": {k.removeprefix("unet."): v for k, v in load_checkpoint_file(args.ckpt)["state_dict"].items()
+              "raw": {k.removeprefix("unet."): v for k, v in read_checkpoint(args.ckpt).state_dict.items()
                       if k.startswith("unet.")}}
     for weights in args.weights.split(","):
         pipeline.unet.load_state_dict(states[weights])

@@ -1,8 +1,8 @@
 """Inference: images -> representations -> samples, for a trained (or released) RCDM.
 
 Every experiment is "make some representations h, sample from them, arrange and measure"; this is the shared
-"encode" and "sample" part. Build one with `RCDMPipeline.from_checkpoint(path)` (rcdm-train checkpoints) or
-`RCDMPipeline.from_official(path, encoder=...)` (the released facebookresearch/RCDM weights).
+"encode" and "sample" part. Build one with `RCDMPipeline.from_checkpoint(path)` (rcdm-train checkpoints, see
+`rcdm_lab.checkpoint`) or `RCDMPipeline.from_official(path, encoder=...)` (the released facebookresearch/RCDM weights).
 """
 
 from __future__ import annotations
@@ -10,18 +10,18 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+# MERGE: describe_encoder_mismatch is imported here only for experiments/probe_source.py (which imports it from
+# rcdm_lab.pipeline); point that import at rcdm_lab.checkpoint and drop the name here.
+from rcdm_lab.checkpoint import Checkpoint, describe_encoder_mismatch, read_checkpoint  # noqa: F401
 from rcdm_lab.diffusion import build_diffusion, classifier_free, sample
 from rcdm_lab.diffusion.gaussian import GaussianDiffusion
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.precision import announce, resolve_precision
-
-CHECKPOINT_FORMAT_VERSION = 1
 
 
 @dataclass
@@ -37,12 +37,12 @@ class RCDMPipeline:
     @classmethod
     def from_checkpoint(
         cls,
-        path: str | os.PathLike,
+        checkpoint: str | os.PathLike | Checkpoint,
         device: str | torch.device = "cpu",
         encoder: nn.Module | None = None,
         encoder_weights: str | None = None,
     ) -> RCDMPipeline:
-        """Rebuild UNet (EMA weights), diffusion and encoder from an rcdm-train checkpoint.
+        """Rebuild UNet (EMA weights), diffusion and encoder from an rcdm-train checkpoint (a path, or already read).
 
         The encoder is rebuilt from the checkpoint's recorded spec (or `encoder_weights` replaces the recorded
         weights source, e.g. a local file when the run used a path on another machine) and must have the same
@@ -51,34 +51,22 @@ class RCDMPipeline:
         from rcdm_lab.encoders import build_encoder
         from rcdm_lab.models import UNetModel
 
-        checkpoint = load_checkpoint_file(path)
-        meta = checkpoint.get("rcdm")
-        if meta is None:
-            raise RCDMError(f"{path} is not an rcdm-train checkpoint (no 'rcdm' metadata). "
-                            f"For a released RCDM model use ckpt=official:{path}")
-        if meta.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
-            raise RCDMError(f"{path} was written by a newer rcdm_lab (format {meta['format_version']}); "
-                            "upgrade rcdm_lab")
-        unet = UNetModel(**meta["unet"])
-        state = checkpoint["state_dict"]
-        ema_state = {k.removeprefix("ema.module."): v for k, v in state.items() if k.startswith("ema.module.")}
-        unet.load_state_dict(ema_state, strict=True)
+        if not isinstance(checkpoint, Checkpoint):
+            checkpoint = read_checkpoint(checkpoint)
+        record = checkpoint.record
+        unet = UNetModel(**record.unet)
+        unet.load_state_dict(checkpoint.ema_unet_state_dict(), strict=True)
         if encoder is None:
-            spec = {k: v for k, v in meta["encoder"].items() if k != "identity"}
-            if encoder_weights is not None:
-                spec["weights"] = encoder_weights
-            encoder = build_encoder(**spec)
-        mismatch = describe_encoder_mismatch(meta["encoder"]["identity"], encoder.identity())
-        if mismatch:
-            raise RCDMError(f"{path} was trained on another representation than the encoder built for it "
-                            f"({mismatch}). Pass the weights it was trained with: encoder_weights=PATH")
+            encoder = build_encoder(**record.encoder.build_spec(weights=encoder_weights))
+        checkpoint.check_encoder(encoder.identity())
+        rep_mean, rep_std = checkpoint.representation_stats() or (None, None)
         pipeline = cls(
             unet=unet,
-            diffusion=build_diffusion(**meta["diffusion"]),
+            diffusion=build_diffusion(**record.diffusion),
             encoder=encoder,
-            rep_mean=state["rep_mean"] if meta["standardize"] else None,
-            rep_std=state["rep_std"] if meta["standardize"] else None,
-            resolution=meta["resolution"],
+            rep_mean=rep_mean,
+            rep_std=rep_std,
+            resolution=record.resolution,
         )
         return pipeline.to(device)
 
@@ -91,14 +79,14 @@ class RCDMPipeline:
         device: str | torch.device = "cpu",
     ) -> RCDMPipeline:
         """A released facebookresearch/RCDM checkpoint (UNet weights only) with the encoder it was trained on."""
-        from rcdm_lab.models import OFFICIAL_128_FLAGS, load_official_unet
+        from rcdm_lab.models import OFFICIAL_128_FLAGS, learns_sigma, load_official_unet
 
         flags = OFFICIAL_128_FLAGS if flags is None else flags
         unet = load_official_unet(path_or_state_dict, flags)
         if unet.config["ssl_dim"] != encoder.dim:
             raise RCDMError(f"the checkpoint expects a {unet.config['ssl_dim']}-d representation but the encoder "
                             f"gives {encoder.dim}-d; pick the encoder/layer the checkpoint was trained on")
-        diffusion = build_diffusion(schedule="linear", num_timesteps=1000, learn_sigma=unet.config["out_channels"] == 6)
+        diffusion = build_diffusion(schedule="linear", num_timesteps=1000, learn_sigma=learns_sigma(unet.config))
         return cls(unet=unet, diffusion=diffusion, encoder=encoder, resolution=unet.config["image_size"]).to(device)
 
     def to(self, device: str | torch.device) -> RCDMPipeline:
@@ -174,22 +162,3 @@ class RCDMPipeline:
                     noise=noise[start:stop].to(self.device), progress=progress, feat=feat[start:stop],
                 ).float())
         return torch.cat(out)
-
-
-def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise RCDMError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # a truncated or foreign file: say which, not a pickle traceback
-        raise RCDMError(f"could not read checkpoint {path} ({type(error).__name__}: {error}); is it complete? "
-                        "(rcdm-train writes checkpoints atomically; a .tmp file is a leftover)") from None
-
-
-def describe_encoder_mismatch(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> str:
-    """'' when two encoder identities produce the same representation, else what differs, for an error message."""
-    keys = ("name", "layer", "weights_digest", "input_norm", "input_size", "dim")
-    diffs = [f"{k}: checkpoint {expected.get(k)!r} vs now {actual.get(k)!r}" for k in keys
-             if expected.get(k) != actual.get(k)]
-    return "; ".join(diffs)

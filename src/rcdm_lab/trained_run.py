@@ -18,10 +18,11 @@ import torch
 from hydra.utils import instantiate
 from torch import Tensor
 
+from rcdm_lab.checkpoint import read_checkpoint
 from rcdm_lab.data.cache import RepresentationCache
 from rcdm_lab.data.datamodule import RCDMDataModule, labels_of, to_x0, uint8_to_x0
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.pipeline import RCDMPipeline, load_checkpoint_file
+from rcdm_lab.pipeline import RCDMPipeline
 
 # Representations of a split without a cache are encoded in chunks of this many images.
 _ENCODE_CHUNK = 256
@@ -46,9 +47,10 @@ class TrainedRun:
         `data` (a data config with `_target_`, e.g. conf/data/folder.yaml resolved) replaces the recorded dataset,
         e.g. to evaluate on another folder; its resolution is always the model's.
         """
-        pipeline = RCDMPipeline.from_checkpoint(ckpt, device=device, encoder_weights=encoder_weights)
+        checkpoint = read_checkpoint(ckpt)  # read once: the pipeline and the recorded data config both come from it
+        pipeline = RCDMPipeline.from_checkpoint(checkpoint, device=device, encoder_weights=encoder_weights)
         if data is None:
-            data = load_checkpoint_file(ckpt)["rcdm"].get("data")
+            data = checkpoint.record.data
             if data is None:
                 raise RCDMError(f"{ckpt} does not record its training data (written before rcdm_lab recorded it): "
                                 "name the dataset, e.g. data=shapes (add the data.* overrides used in training)")

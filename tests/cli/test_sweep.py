@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rcdm_lab.pipeline import load_checkpoint_file
+from rcdm_lab.checkpoint import read_checkpoint
 from rcdm_testing import run_cli, tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -17,5 +17,5 @@ def test_multirun_over_encoders(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoints = sorted(sweep.glob("*/checkpoints/last.ckpt"))
     assert len(checkpoints) == 2
-    names = {load_checkpoint_file(c)["rcdm"]["encoder"]["name"] for c in checkpoints}
+    names = {read_checkpoint(c).record.encoder.spec["name"] for c in checkpoints}
     assert names == {"mobilenet_v2", "resnet18"}

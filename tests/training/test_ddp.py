@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rcdm_lab.pipeline import load_checkpoint_file
+from rcdm_lab.checkpoint import read_checkpoint
 from rcdm_testing import run_cli, tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ def _ddp_run(tmp_path, name: str) -> tuple[list[dict], list[dict], dict]:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Starting with 2 processes" in result.stdout + result.stderr
     assert result.stderr.count("precision: ") == 1   # chosen from the hardware, said once (by rank 0)
-    checkpoint = load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")
+    checkpoint = read_checkpoint(run_dir / "checkpoints" / "last.ckpt").contents
     return torch.load(draws / "draws_rank0.pt"), torch.load(draws / "draws_rank1.pt"), checkpoint
 
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
+from rcdm_lab.checkpoint import read_checkpoint
 from rcdm_lab.data import ShapesDataset
 from rcdm_lab.models import UNetModel, unet_kwargs_from_flags
-from rcdm_lab.pipeline import RCDMPipeline, load_checkpoint_file
+from rcdm_lab.pipeline import RCDMPipeline
 from rcdm_testing import compose_train, run_cli
 
 pytestmark = pytest.mark.slow
@@ -53,7 +54,7 @@ def test_standardised_representations_of_a_random_encoder(tmp_path):
 
     checkpoint = train(compose_train(tmp_path, "encoder.weights=random", "encoder.standardize=true",
                                      "trainer.max_steps=1"))
-    state = load_checkpoint_file(checkpoint)["state_dict"]
+    state = read_checkpoint(checkpoint).state_dict
     assert bool(state["rep_stats_fitted"])
     assert state["rep_std"].max() < 1e-6          # the raw scale really is tiny ...
     pipeline = RCDMPipeline.from_checkpoint(checkpoint)

@@ -10,9 +10,10 @@ import time
 import pytest
 import torch
 
+from rcdm_lab.checkpoint import read_checkpoint
 from rcdm_lab.cli.train import train
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.pipeline import load_checkpoint_file
+from rcdm_lab.training.randomness import RandomStatePersistence
 from rcdm_testing import REPO, compose_train, tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -22,7 +23,7 @@ EXACT = ("data.dataset.num_train=8", "model.cond_drop=0.2")
 
 
 def _weights(path):
-    state = load_checkpoint_file(path)["state_dict"]
+    state = read_checkpoint(path).state_dict
     return {k: v for k, v in state.items() if k.startswith(("unet.", "ema."))}
 
 
@@ -30,7 +31,7 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path):
     straight = train(compose_train(tmp_path / "a", *EXACT, "trainer.max_steps=4"))
     train(compose_train(tmp_path / "b", *EXACT, "trainer.max_steps=2"))
     resumed = train(compose_train(tmp_path / "b", *EXACT, "trainer.max_steps=4", "ckpt_path=last"))
-    assert load_checkpoint_file(resumed)["global_step"] == 4
+    assert read_checkpoint(resumed).contents["global_step"] == 4
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys()
     for key in a:
@@ -57,18 +58,18 @@ def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
-        while time.time() < deadline and not (last.exists() and load_checkpoint_file(last)["global_step"] >= 3):
+        while time.time() < deadline and not (last.exists() and read_checkpoint(last).contents["global_step"] >= 3):
             time.sleep(0.5)
             assert process.poll() is None, "training exited before it could be killed"
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    saved_step = load_checkpoint_file(last)["global_step"]  # loads: the kill left no torn checkpoint behind
+    saved_step = read_checkpoint(last).contents["global_step"]  # loads: the kill left no torn checkpoint behind
     assert saved_step >= 3
     resumed = subprocess.run([*args[:-1], f"trainer.max_steps={saved_step + 2}", "ckpt_path=last"], cwd=REPO,
                              capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert load_checkpoint_file(last)["global_step"] == saved_step + 2
+    assert read_checkpoint(last).contents["global_step"] == saved_step + 2
 
 
 def test_every_cuda_devices_rng_state_is_saved_and_restored(tmp_path, monkeypatch):
@@ -76,7 +77,7 @@ def test_every_cuda_devices_rng_state_is_saved_and_restored(tmp_path, monkeypatc
     from rcdm_lab.cli.train import build
 
     module, _, trainer = build(compose_train(tmp_path, "trainer.max_steps=1"))
-    module.trainer = trainer
+    persistence = next(c for c in trainer.callbacks if isinstance(c, RandomStatePersistence))
     device_states = [torch.full((16,), 3, dtype=torch.uint8), torch.full((16,), 7, dtype=torch.uint8)]
     restored = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -84,7 +85,7 @@ def test_every_cuda_devices_rng_state_is_saved_and_restored(tmp_path, monkeypatc
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in device_states])
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
     checkpoint: dict = {}
-    module.on_save_checkpoint(checkpoint)
-    module.on_load_checkpoint(checkpoint)
+    persistence.on_save_checkpoint(trainer, module, checkpoint)
+    persistence.on_load_checkpoint(trainer, module, checkpoint)
     assert len(restored) == 2 and all(torch.equal(a, b) for a, b in zip(restored, device_states, strict=True))
 

@@ -9,24 +9,25 @@ import pytest
 import torch
 from PIL import Image
 
+from rcdm_lab.checkpoint import read_checkpoint
 from rcdm_lab.diffusion import sample
-from rcdm_lab.pipeline import RCDMPipeline, load_checkpoint_file
+from rcdm_lab.pipeline import RCDMPipeline
 from rcdm_testing import compose_train, run_cli
 
 pytestmark = pytest.mark.slow
 
 
 def test_checkpoint_is_self_describing_and_holds_no_encoder_weights(trained_checkpoint):
-    checkpoint = load_checkpoint_file(trained_checkpoint)
-    meta = checkpoint["rcdm"]
-    assert meta["encoder"]["name"] == "mobilenet_v2" and meta["encoder"]["layer"] == "backbone"
-    assert meta["encoder"]["identity"]["dim"] == 1280
-    assert len(meta["encoder"]["identity"]["weights_digest"]) >= 8
-    assert meta["unet"]["ssl_dim"] == 1280 and meta["unet"]["image_size"] == 16
-    assert meta["resolution"] == 16
-    assert checkpoint["global_step"] == 4
-    assert not [k for k in checkpoint["state_dict"] if k.startswith("encoder.")]
-    assert any(k.startswith("ema.module.") for k in checkpoint["state_dict"])
+    checkpoint = read_checkpoint(trained_checkpoint)
+    meta = checkpoint.record
+    assert meta.encoder.spec["name"] == "mobilenet_v2" and meta.encoder.spec["layer"] == "backbone"
+    assert meta.encoder.identity["dim"] == 1280
+    assert len(meta.encoder.identity["weights_digest"]) >= 8
+    assert meta.unet["ssl_dim"] == 1280 and meta.unet["image_size"] == 16
+    assert meta.resolution == 16
+    assert checkpoint.contents["global_step"] == 4
+    assert not [k for k in checkpoint.state_dict if k.startswith("encoder.")]
+    assert any(k.startswith("ema.module.") for k in checkpoint.state_dict)
 
 
 def test_training_logs_loss_per_quarter_and_writes_preview_grids(trained_checkpoint):
@@ -60,8 +61,8 @@ def test_checkpoint_reloads_strictly_with_equal_outputs(trained_checkpoint, tmp_
     from rcdm_lab.cli.train import build
 
     module, _, _ = build(compose_train(tmp_path, "model.cond_drop=0.2"))
-    checkpoint = load_checkpoint_file(trained_checkpoint)
-    module.load_state_dict(checkpoint["state_dict"], strict=True)
+    checkpoint = read_checkpoint(trained_checkpoint)
+    module.load_state_dict(checkpoint.state_dict, strict=True)
     pipeline = RCDMPipeline.from_checkpoint(trained_checkpoint)
     x, t, h = torch.randn(2, 3, 16, 16), torch.tensor([10, 900]), torch.randn(2, 1280)
     module.ema.module.eval()

@@ -23,6 +23,7 @@ from rcdm_lab.errors import RCDMError
 from rcdm_lab.precision import announce, resolve_precision, trainer_device
 from rcdm_lab.training.checkpoint_io import AtomicCheckpointIO
 from rcdm_lab.training.module import RCDMModule
+from rcdm_lab.training.randomness import RandomStatePersistence
 
 
 def encoder_spec(cfg: DictConfig) -> dict[str, Any]:
@@ -36,6 +37,7 @@ def build(cfg: DictConfig) -> tuple[RCDMModule, L.LightningDataModule, L.Trainer
     # The frozen encoder is in eval mode on purpose (its BatchNorm statistics must never move).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     from rcdm_lab.encoders import build_encoder
+    from rcdm_lab.models import unet_out_channels
 
     require_values(cfg)
     spec = encoder_spec(cfg)
@@ -49,7 +51,7 @@ def build(cfg: DictConfig) -> tuple[RCDMModule, L.LightningDataModule, L.Trainer
         cfg.model.unet,
         image_size=cfg.resolution,
         ssl_dim=encoder.dim,
-        out_channels=6 if diffusion.get("learn_sigma", True) else 3,
+        out_channels=unet_out_channels(diffusion.get("learn_sigma", True)),
         learn_null_cond=cfg.model.cond_drop > 0,
         _convert_="all",
     )
@@ -70,6 +72,8 @@ def build(cfg: DictConfig) -> tuple[RCDMModule, L.LightningDataModule, L.Trainer
         seed=cfg.seed,
     )
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    # Always, not a `callbacks:` entry one could drop: DDP ranks' flips and dropout and an exact resume depend on it.
+    callbacks.append(RandomStatePersistence(cfg.seed))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     precision = announce(resolve_precision(cfg.trainer.precision, trainer_device(cfg.trainer.accelerator)))
     trainer = instantiate(cfg.trainer, precision=precision.value, callbacks=callbacks, logger=logger,

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.models.unet import UNetModel
+from rcdm_lab.models.unet import UNetModel, unet_out_channels
 from rcdm_lab.state_dicts import compare_state_dicts
 
 # guided-diffusion's model_and_diffusion_defaults() for the flags that shape the UNet (+ RCDM's ssl_dim).
@@ -150,7 +150,7 @@ def unet_kwargs_from_flags(flags: Mapping[str, Any] | str) -> dict[str, Any]:
         "image_size": image_size,
         "in_channels": 3,
         "model_channels": _to_number("num_channels", f["num_channels"], int),
-        "out_channels": 6 if _to_bool("learn_sigma", f["learn_sigma"]) else 3,
+        "out_channels": unet_out_channels(_to_bool("learn_sigma", f["learn_sigma"])),
         "num_res_blocks": _to_number("num_res_blocks", f["num_res_blocks"], int),
         "attention_resolutions": [int(r) for r in _to_numbers("attention_resolutions", f["attention_resolutions"])],
         "dropout": _to_number("dropout", f["dropout"], float),
@@ -204,7 +204,7 @@ def _flag_hints(state: Mapping[str, Tensor], expected: Mapping[str, Tensor], kwa
     else:
         hints.append("the checkpoint has no ssl_emb, so it is not a representation-conditioned RCDM model")
     if "out.2.weight" in state and state["out.2.weight"].shape[0] != kwargs["out_channels"]:
-        hints.append(f"learn_sigma={state['out.2.weight'].shape[0] == 6}")
+        hints.append(f"learn_sigma={state['out.2.weight'].shape[0] == unet_out_channels(True)}")
     emb_key, conv_key = "input_blocks.1.0.emb_layers.1.weight", "input_blocks.1.0.out_layers.3.weight"
     if emb_key in state and conv_key in state and emb_key in expected:
         scale_shift = state[emb_key].shape[0] == 2 * state[conv_key].shape[0]

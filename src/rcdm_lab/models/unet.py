@@ -7,7 +7,8 @@ with ``strict=True``.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +47,20 @@ def _feature_map_sizes(image_size: int, levels: int) -> list[int]:
             f"the first): use an image_size divisible by {2 ** (levels - 1)} or fewer channel_mult entries"
         )
     return [image_size // 2**level for level in range(levels)]
+
+
+def unet_out_channels(learn_sigma: bool, image_channels: int = 3) -> int:
+    """The UNet's output channels: eps per image channel, plus (IDDPM's learned sigma) the variance interpolation v.
+
+    The one place this rule is stated: rcdm-train sizes its UNet with it, the official loader reads the released
+    flags with it, and `learns_sigma` inverts it.
+    """
+    return 2 * image_channels if learn_sigma else image_channels
+
+
+def learns_sigma(unet_config: Mapping[str, Any]) -> bool:
+    """Whether a UNet with this ``config`` outputs the variance too (the diffusion must then learn sigma)."""
+    return unet_config["out_channels"] == unet_out_channels(True, unet_config.get("in_channels", 3))
 
 
 class UNetModel(nn.Module):

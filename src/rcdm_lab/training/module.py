@@ -1,7 +1,9 @@
 """The LightningModule: wires a UNet, a Gaussian diffusion and a frozen encoder together, and nothing more.
 
 `training_step` draws t and noise, asks the UNet for eps (and the variance) and hands both to the diffusion's hybrid
-loss. Sampling lives in `rcdm_lab.diffusion.samplers` behind `RCDMPipeline`; preview grids live in a callback.
+loss. Sampling lives in `rcdm_lab.diffusion.samplers` behind `RCDMPipeline`; preview grids live in a callback; what a
+checkpoint records and checks lives in `rcdm_lab.checkpoint`; the global RNGs are seeded and saved by
+`training.randomness.RandomStatePersistence`.
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from rcdm_lab.checkpoint import CheckpointRecord, EncoderRecord, check_resumable, write_record
 from rcdm_lab.diffusion import build_diffusion
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.pipeline import CHECKPOINT_FORMAT_VERSION, RCDMPipeline, describe_encoder_mismatch
+from rcdm_lab.pipeline import RCDMPipeline
 from rcdm_lab.training.ema import make_ema
-from rcdm_lab.training.randomness import gather_rng_states, restore_rng_states, seed_process, step_generator
+from rcdm_lab.training.randomness import step_generator
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -40,7 +42,7 @@ class RCDMModule(L.LightningModule):
         vlb_weight: lambda of IDDPM's hybrid loss.
         min_snr_gamma: Min-SNR-gamma weighting of the eps loss (None: IDDPM's uniform weighting).
         scheduler: a partial learning-rate scheduler stepped every optimizer step (None: constant rate, as ADM).
-        seed: the run's seed; each rank's draws derive from (seed, rank, step) -- see `training.randomness`.
+        seed: the run's seed; each step's draws derive from (seed, rank, step) -- see `training.randomness`.
         data_spec: the (resolved) data config the model is trained on, recorded in checkpoints so evaluations
             and figures find the same dataset and representation cache (`TrainedRun.load`).
     """
@@ -98,9 +100,6 @@ class RCDMModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------------- training
     def setup(self, stage: str) -> None:
-        if stage == "fit":
-            # Each rank its own flips and dropout (a resumed run then restores the states it saved).
-            seed_process(self.seed, self.global_rank)
         if stage == "fit" and self.standardize and not bool(self.rep_stats_fitted):
             mean, std = self.trainer.datamodule.representation_stats()
             self.set_representation_stats(mean, std)
@@ -183,49 +182,23 @@ class RCDMModule(L.LightningModule):
         )
 
     # ----------------------------------------------------------------------------------------- checkpoints
-    def describe(self) -> dict[str, Any]:
-        """Everything needed to rebuild this model for sampling, stored in each checkpoint under "rcdm"."""
-        return {
-            "format_version": CHECKPOINT_FORMAT_VERSION,
-            "unet": self.unet.config,
-            "diffusion": self.diffusion_config,
-            "encoder": {**self.encoder_spec, "identity": self.encoder.identity()},
-            "standardize": self.standardize,
-            "cond_drop": self.cond_drop,
-            "resolution": self.resolution,
-            "data": self.data_spec,
-        }
+    def describe(self) -> CheckpointRecord:
+        """Everything needed to rebuild this model for sampling, stored in each checkpoint."""
+        return CheckpointRecord(
+            unet=self.unet.config,
+            diffusion=self.diffusion_config,
+            encoder=EncoderRecord(spec=self.encoder_spec, identity=self.encoder.identity()),
+            standardize=self.standardize,
+            cond_drop=self.cond_drop,
+            resolution=self.resolution,
+            data=self.data_spec,
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["rcdm"] = self.describe()
-        # Exact resumption: every rank's flips and dropout continue where they left off (a collective: Lightning
-        # calls this hook on every rank, and only rank 0 writes the file).
-        checkpoint["rng_states"] = {"ranks": gather_rng_states(self.trainer.world_size)}
+        write_record(checkpoint, self.describe())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("rcdm")
-        if saved is None:
-            raise RCDMError("this checkpoint was not written by rcdm-train (no 'rcdm' metadata); "
-                            "to sample from a released RCDM model use rcdm-sample ckpt=official:PATH")
-        mismatch = describe_encoder_mismatch(saved["encoder"]["identity"], self.encoder.identity())
-        if mismatch:
-            raise RCDMError(f"cannot resume: the checkpoint was trained on a different representation ({mismatch}). "
-                            "Resume with the same encoder/layer overrides as the original run, or start a new run "
-                            "with another name=...")
-        if saved["unet"] != self.unet.config:
-            changed = sorted(k for k in set(saved["unet"]) | set(self.unet.config)
-                             if saved["unet"].get(k) != self.unet.config.get(k))
-            raise RCDMError(f"cannot resume: the UNet configuration differs from the checkpoint's in {changed}; "
-                            "resume with the original model/resolution overrides")
-        states = checkpoint.get("rng_states")
-        if states is not None:
-            ranks = states.get("ranks", [states])   # [states]: written before per-rank states
-            if len(ranks) == self.trainer.world_size:
-                restore_rng_states(ranks[self.global_rank])
-            else:
-                rank_zero_warn(f"the checkpoint holds the random states of {len(ranks)} process(es) and this run "
-                               f"has {self.trainer.world_size}: flips and dropout restart from the seed (the "
-                               "diffusion draws still continue exactly)")
+        check_resumable(checkpoint, self.encoder.identity(), self.unet.config)
 
 
 def floored_std(std: Tensor, fraction: float = 0.01) -> Tensor:

@@ -5,7 +5,7 @@
   run continues exactly, whatever happened to the global RNGs in between.
 - The global RNGs (horizontal flips in the data pipeline, dropout inside the UNet) are seeded per rank at the start
   of fit, and every rank's states -- CPU, every CUDA device, numpy, Python -- are saved in checkpoints and restored
-  on resume by the rank that saved them.
+  on resume by the rank that saved them: `RandomStatePersistence`, a callback rcdm-train always adds.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import io
 import random
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 
 def mixed_seed(*parts: int) -> int:
@@ -78,3 +80,40 @@ def gather_rng_states(world_size: int) -> list[dict[str, Any]]:
     gathered: list[Any] = [None] * world_size
     torch.distributed.all_gather_object(gathered, buffer.getvalue())
     return [torch.load(io.BytesIO(blob), weights_only=True) for blob in gathered]
+
+
+class RandomStatePersistence(L.Callback):
+    """Seeds every rank's global RNGs when fit starts, saves all ranks' states in checkpoints, restores them on resume.
+
+    Not optional (rcdm-train adds it whatever `callbacks:` holds): without it every DDP rank would flip and drop out
+    alike (Lightning seeds them all with the same seed) and a resumed run would silently diverge.
+
+    Args:
+        seed: the run's seed; rank r's global RNGs start from `seed_process(seed, r)`.
+    """
+
+    # The checkpoint's top-level key: checkpoints written before this callback existed keep resuming exactly.
+    CHECKPOINT_KEY = "rng_states"
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            seed_process(self.seed, trainer.global_rank)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # A collective: Lightning calls this hook on every rank, and only rank 0 writes the file.
+        checkpoint[self.CHECKPOINT_KEY] = {"ranks": gather_rng_states(trainer.world_size)}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get(self.CHECKPOINT_KEY)
+        if states is None:
+            return
+        ranks = states.get("ranks", [states])   # [states]: written before per-rank states
+        if len(ranks) == trainer.world_size:
+            restore_rng_states(ranks[trainer.global_rank])
+        else:
+            rank_zero_warn(f"the checkpoint holds the random states of {len(ranks)} process(es) and this run "
+                           f"has {trainer.world_size}: flips and dropout restart from the seed (the "
+                           "diffusion draws still continue exactly)")
