@@ -6,14 +6,33 @@ Columns walk alpha from `start` to `stop` (the whole 0 -> 1 path by default; the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from rcdm_lab.experiments.context import FigureContext
+from rcdm_lab.figures.context import FigureContext
+from rcdm_lab.figures.kind import check_settings
 from rcdm_lab.metrics.distances import squared_distances_to
-from rcdm_lab.settings import Rule, integer, number
+from rcdm_lab.settings import integer, number
 from rcdm_lab.viz.grid import labelled_rows
+
+PAPER = "Fig. 1c/14/15"
+SUMMARY = "samples along (1−α) h(a) + α h(b), α over 0→1, one noise per row"
+SEVERAL_MODELS = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    first_image: int    # the pair: input images first_image and first_image + 1
+    num_steps: int      # columns between (and including) the two ends
+    start: float        # alpha of the first column (0: image a's representation)
+    stop: float         # alpha of the last column (1: image b's representation)
+    noise_rows: int     # rows, each with its own noise image kept along the whole path
+
+    def __post_init__(self) -> None:
+        check_settings(self, [integer("first_image", minimum=0), integer("num_steps", minimum=2), number("start"),
+                              number("stop"), integer("noise_rows")])
 
 
 def interpolate(h_a: torch.Tensor, h_b: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
@@ -22,21 +41,11 @@ def interpolate(h_a: torch.Tensor, h_b: torch.Tensor, alphas: torch.Tensor) -> t
     return (1 - alphas) * h_a[None] + alphas * h_b[None]
 
 
-# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
-RULES: list[Rule] = [
-    integer("first_image", minimum=0),
-    integer("num_steps", minimum=2),
-    number("start"),
-    number("stop"),
-    integer("noise_rows"),
-]
-
-
-def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:
-    num_steps, num_rows = int(settings["num_steps"]), int(settings["noise_rows"])
-    images, names = ctx.input_images(2, offset=int(settings["first_image"]))
+def make(ctx: FigureContext, settings: Settings) -> dict[str, Any]:
+    num_steps, num_rows = settings.num_steps, settings.noise_rows
+    images, names = ctx.input_images(2, offset=settings.first_image)
     h_a, h_b = ctx.run.pipeline.encode(images)
-    alphas = torch.linspace(float(settings["start"]), float(settings["stop"]), num_steps)
+    alphas = torch.linspace(settings.start, settings.stop, num_steps)
     path = interpolate(h_a, h_b, alphas)
     # Conditioning s, sample r uses noise row r: the same x_T all along a row.
     samples = ctx.sample(path, num_rows, noise=ctx.noise(num_rows).repeat(num_steps, 1, 1, 1))

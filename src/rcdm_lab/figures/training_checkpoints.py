@@ -8,22 +8,32 @@ representations stay to their conditioning, in that model's own encoder space.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from rcdm_lab.experiments.compare_models import (
-    ModelBlock,
-    block_rows,
-    model_blocks,
-    model_summary,
-    positive_int,
-    print_diversity,
-    same_noise,
-)
-from rcdm_lab.experiments.context import FigureContext
+from rcdm_lab.figures.blocks import ModelBlock, block_rows, model_blocks, model_summary, print_diversity, same_noise
+from rcdm_lab.figures.context import FigureContext
+from rcdm_lab.figures.kind import check_settings
 from rcdm_lab.metrics.distances import squared_distances_to
 from rcdm_lab.metrics.diversity import mean_pairwise_distance
-from rcdm_lab.settings import Rule, integer
+from rcdm_lab.settings import integer
 from rcdm_lab.viz.grid import labelled_rows
+
+PAPER = "Fig. 35"
+SUMMARY = ("the same inputs through models trained on encoder checkpoints of increasing training "
+           "(`ckpts=[...]`)")
+SEVERAL_MODELS = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    num_images: int          # input images; each gets one row per checkpoint
+    first_image: int         # inputs first_image .. first_image + num_images - 1 (validation items or images=)
+    samples_per_image: int   # samples per input and checkpoint
+
+    def __post_init__(self) -> None:
+        check_settings(self, [integer("num_images"), integer("first_image", minimum=0),
+                              integer("samples_per_image")])
 
 
 def closeness(block: ModelBlock) -> dict[str, float | None]:
@@ -40,18 +50,10 @@ def closeness(block: ModelBlock) -> dict[str, float | None]:
             "relative_to_between_inputs": to_h / between_inputs if between_inputs > 0 else None}
 
 
-# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
-RULES: list[Rule] = [
-    integer("num_images"),
-    integer("first_image", minimum=0),
-    integer("samples_per_image"),
-]
-
-
-def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:
+def make(ctx: FigureContext, settings: Settings) -> dict[str, Any]:
     ctx.require_runs(2, "training_checkpoints")   # a progression needs at least two checkpoints
-    n, k = positive_int(settings, "num_images"), positive_int(settings, "samples_per_image")
-    images, names = ctx.input_images(n, offset=int(settings.get("first_image", 0)))
+    n, k = settings.num_images, settings.samples_per_image
+    images, names = ctx.input_images(n, offset=settings.first_image)
     blocks = model_blocks(ctx, images, names, k)
     rows, row_labels = block_rows(blocks, by_image=True)
     png = ctx.save(labelled_rows(rows, row_labels))

@@ -1,12 +1,8 @@
-"""Fig. 2/24 and Fig. 36: the same input images through several RCDMs, one per representation.
+"""Building blocks several figures share: rows of a conditioning image followed by its samples, and model blocks.
 
-Each model gets a block of rows -- an input image, then k samples from that model's representation of it -- and
-every block sees the same inputs and the same noise (when the models share a resolution), so a difference between
-blocks is a difference between representations. A representation that keeps more of the image (a backbone, an SSL
-encoder) gives samples that vary less than one that keeps little (a projector head, a random network): the
-per-model sample diversity, in pixels and in that model's own encoder space, puts a number on it.
-
-The block builder here is shared by the figures that compare models (training_checkpoints, augmentations).
+A model block is one model's part of a comparison figure (compare_models, training_checkpoints, augmentations): the
+same inputs and the same noise (when the models share a resolution) go through every model, so a difference between
+blocks is a difference between representations.
 """
 
 from __future__ import annotations
@@ -18,11 +14,14 @@ from typing import Any
 from torch import Tensor
 
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.experiments.context import FigureContext
+from rcdm_lab.figures.context import FigureContext
 from rcdm_lab.metrics.diversity import sample_diversity
-from rcdm_lab.settings import Rule, integer
 from rcdm_lab.trained_run import TrainedRun
-from rcdm_lab.viz.grid import labelled_rows
+
+
+def sample_rows(first_column: Sequence[Tensor], samples: Tensor, k: int) -> list[list[Tensor]]:
+    """Row i: first_column[i] (the conditioning or input image), then its k samples samples[i * k:(i + 1) * k]."""
+    return [[first_column[i], *samples[i * k:(i + 1) * k]] for i in range(len(first_column))]
 
 
 @dataclass
@@ -40,13 +39,6 @@ class ModelBlock:
 
     def diversity(self) -> dict[str, float]:
         return sample_diversity(self.samples, self.sample_reps, self.k)
-
-
-def positive_int(settings: dict[str, Any], key: str) -> int:
-    value = int(settings[key])
-    if value < 1:
-        raise RCDMError(f"figure.{key} must be at least 1, got {value}")
-    return value
 
 
 def checked_labels(ctx: FigureContext) -> list[str]:
@@ -71,8 +63,7 @@ def model_block(ctx: FigureContext, run: TrainedRun, label: str, images: Tensor,
     samples = ctx.sample(h, k, run=run, noise=ctx.noise(k, run).repeat(len(h), 1, 1, 1)).cpu()
     sample_reps = run.pipeline.encode(samples).cpu()
     images = images.cpu()
-    rows = [[images[i], *samples[i * k:(i + 1) * k]] for i in range(len(images))]
-    return ModelBlock(label, run, list(names), rows, h.cpu(), samples, sample_reps, k)
+    return ModelBlock(label, run, list(names), sample_rows(images, samples, k), h.cpu(), samples, sample_reps, k)
 
 
 def model_blocks(ctx: FigureContext, images: Tensor, names: Sequence[str], k: int) -> list[ModelBlock]:
@@ -107,26 +98,3 @@ def print_diversity(figure: str, blocks: Sequence[ModelBlock], summaries: dict[s
         print(f"{figure} {block.label}: sample diversity {diversity['pixel_mean_sq_diff']:.4g} per pixel, "
               f"{diversity['representation_mean_pairwise_sq_l2']:.4g} squared L2 in its {block.h.shape[1]}-d "
               "representation space")
-
-
-# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
-RULES: list[Rule] = [
-    integer("num_images"),
-    integer("first_image", minimum=0),
-    integer("samples_per_image"),
-]
-
-
-def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:
-    # With one checkpoint this is the samples figure; a single model here almost always means ckpt= (or a sweep)
-    # where ckpts=[a,b] was meant, so say so rather than quietly draw a one-block "comparison".
-    ctx.require_runs(2, "compare_models")
-    n, k = positive_int(settings, "num_images"), positive_int(settings, "samples_per_image")
-    images, names = ctx.input_images(n, offset=int(settings.get("first_image", 0)))
-    blocks = model_blocks(ctx, images, names, k)
-    rows, row_labels = block_rows(blocks)
-    png = ctx.save(labelled_rows(rows, row_labels))
-    models = {block.label: model_summary(block) for block in blocks}
-    print_diversity("compare_models", blocks, models)
-    return {"figure_png": png, "images": names, "samples_per_image": k, "same_noise": same_noise(blocks),
-            "models": models}

@@ -17,22 +17,75 @@ representations, where every dimension is non-zero in every neighbour).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.experiments.context import FigureContext
+from rcdm_lab.figures.blocks import sample_rows
+from rcdm_lab.figures.context import FigureContext
+from rcdm_lab.figures.kind import check_settings
 from rcdm_lab.metrics.distances import squared_distances_to
-from rcdm_lab.metrics.knn import METRICS, nearest_neighbors
-from rcdm_lab.settings import Rule, integer, number, one_of
+from rcdm_lab.metrics.knn import METRICS, check_metric, nearest_neighbors
+from rcdm_lab.settings import integer, number, one_of, satisfies
 from rcdm_lab.viz.grid import labelled_rows
+
+PAPER = "Fig. 5/30/31"
+SUMMARY = "dims non-zero in > 14 of the 20 nearest neighbours (or rarely): zeroed, or replaced by a target image's values"
+SEVERAL_MODELS = False
 
 MODES = ("most_common", "least_common")
 POOLS = ("train", "val")
 # figure.json lists at most this many masked dimensions (a 2048-d mask would drown the numbers that matter).
 MAX_LISTED_DIMS = 64
+
+
+@dataclass(frozen=True)
+class Settings:
+    query_offset: int          # the query: input image number query_offset (images= folder order, or validation item)
+    target_offset: Any         # the target image(s) whose values replace the masked dims (one row each): an int or
+    #                            a list of ints (OmegaConf types cannot say "int or list"; `target_offsets` checks)
+    pool: str                  # where the neighbours come from: train | val (the run's representations)
+    k: int                     # neighbours of the query counted (paper: 20); at most the pool size
+    metric: str                # neighbour distance: cosine (the official script's normalised faiss index) | l2
+    zero_threshold: float      # a dimension counts as non-zero when |h| > zero_threshold (raise it for dense h)
+    mode: str                  # most_common (Fig. 5/30) | least_common (Fig. 31) | both
+    n_common: int              # most_common masks dims non-zero in more than n_common of the k neighbours (paper: 14)
+    n_rare: int                # least_common masks dims non-zero in 1..n_rare of the k neighbours (no paper value)
+    samples_per_row: int       # samples per conditioning; every row shares the same noise
+
+    def __post_init__(self) -> None:
+        check_settings(self, [
+            integer("query_offset", minimum=0),
+            one_of("pool", POOLS),
+            integer("k"),
+            satisfies("metric", check_metric, " or ".join(METRICS)),
+            number("zero_threshold", at_least=0),
+            one_of("mode", (*MODES, "both")),
+            integer("n_common", minimum=0),
+            integer("n_rare"),
+            integer("samples_per_row"),
+        ])
+        if self.query_offset in self.target_offsets:
+            raise RCDMError(f"figure.query_offset={self.query_offset} must differ from target_offset "
+                            f"{self.target_offsets}: the target is another image")
+
+    @property
+    def target_offsets(self) -> list[int]:
+        """target_offset as a list of input-image indices >= 0."""
+        value = self.target_offset
+        offsets = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not offsets or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets):
+            raise RCDMError(f"figure.target_offset must be an input-image index >= 0 or a non-empty list of them, "
+                            f"got {value!r}")
+        return offsets
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The masks drawn: mode, or both of MODES."""
+        return MODES if self.mode == "both" else (self.mode,)
 
 
 def nonzero_counts(neighbours: Tensor, threshold: float = 0.0) -> Tensor:
@@ -71,14 +124,6 @@ def apply_mask(h: Tensor, mask: Tensor, replacement: Tensor | None = None) -> Te
     return torch.where(mask, replacement.to(h), h)
 
 
-def _modes(mode: str) -> tuple[str, ...]:
-    if mode == "both":
-        return MODES
-    if mode not in MODES:
-        raise RCDMError(f"unknown figure.mode {mode!r}; use one of {', '.join(MODES)} or both")
-    return (mode,)
-
-
 def _check_counts(k: int, pool_size: int, pool: str, n_common: int, n_rare: int, modes: tuple[str, ...]) -> None:
     """Refuse settings that cannot give a mask, before any sampling."""
     if not 1 <= k <= pool_size:
@@ -91,39 +136,12 @@ def _check_counts(k: int, pool_size: int, pool: str, n_common: int, n_rare: int,
         raise RCDMError(f"figure.n_rare={n_rare} with k={k}: use 1 <= n_rare <= k")
 
 
-def _offsets(value: Any) -> list[int]:
-    offsets = [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
-    if not offsets or min(offsets) < 0:
-        raise RCDMError(f"figure.target_offset must be an input-image index >= 0 or a non-empty list of them, "
-                        f"got {value!r}")
-    return offsets
-
-
-# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
-RULES: list[Rule] = [
-    integer("query_offset", minimum=0),
-    one_of("pool", POOLS),
-    integer("k"),
-    one_of("metric", METRICS),
-    number("zero_threshold", at_least=0),
-    one_of("mode", (*MODES, "both")),
-    integer("n_common", minimum=0),
-    integer("n_rare"),
-    integer("samples_per_row"),
-]
-
-
-def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:
-    k, num_samples = int(settings["k"]), int(settings["samples_per_row"])
-    n_common, n_rare = int(settings["n_common"]), int(settings["n_rare"])
-    threshold, metric, pool = float(settings["zero_threshold"]), str(settings["metric"]), str(settings["pool"])
-    modes = _modes(str(settings["mode"]))
-    query_offset, target_offsets = int(settings["query_offset"]), _offsets(settings["target_offset"])
-    if pool not in POOLS:
-        raise RCDMError(f"unknown figure.pool {pool!r}; use one of {', '.join(POOLS)}")
-    if query_offset < 0 or query_offset in target_offsets:
-        raise RCDMError(f"figure.query_offset={query_offset} must be >= 0 and differ from target_offset "
-                        f"{target_offsets}: the target is another image")
+def make(ctx: FigureContext, settings: Settings) -> dict[str, Any]:
+    k, num_samples = settings.k, settings.samples_per_row
+    n_common, n_rare = settings.n_common, settings.n_rare
+    threshold, metric, pool = settings.zero_threshold, settings.metric, settings.pool
+    modes = settings.modes
+    query_offset, target_offsets = settings.query_offset, settings.target_offsets
     pool_reps = ctx.run.representations(pool)
     _check_counts(k, len(pool_reps), pool, n_common, n_rare, modes)
 
@@ -159,7 +177,7 @@ def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:
     conditionings = torch.stack([row[2] for row in rows])
     # ctx.sample gives every row the same k noise images: a column changes only because h does.
     samples = ctx.sample(conditionings, num_samples)
-    grid = [[row[1], *samples[i * num_samples:(i + 1) * num_samples]] for i, row in enumerate(rows)]
+    grid = sample_rows([row[1] for row in rows], samples, num_samples)
     png = ctx.save(labelled_rows(grid, [row[0] for row in rows]))
 
     sample_reps = ctx.run.pipeline.encode(samples).float().cpu().view(len(rows), num_samples, -1)

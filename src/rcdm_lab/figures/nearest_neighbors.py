@@ -8,16 +8,35 @@ distance to the nearest training image (and the conditioning's own nearest-train
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.experiments.context import FigureContext
-from rcdm_lab.metrics.knn import METRICS, nearest_neighbors, pairwise_distances
-from rcdm_lab.settings import Rule, integer, one_of
+from rcdm_lab.figures.context import FigureContext
+from rcdm_lab.figures.kind import check_settings
+from rcdm_lab.metrics.knn import METRICS, check_metric, nearest_neighbors, pairwise_distances
+from rcdm_lab.settings import integer, satisfies
 from rcdm_lab.viz.grid import labelled_rows
+
+PAPER = "Fig. 16"
+SUMMARY = "each sample's closest training images in representation space (does the model copy?)"
+SEVERAL_MODELS = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    first_image: int         # conditionings: input images first_image .. first_image + num_images - 1
+    num_images: int          # conditioning images
+    samples_per_image: int   # samples per conditioning (one row each); all conditionings share the same noise
+    num_neighbors: int       # closest training images shown per sample; at most the training set size
+    metric: str              # squared L2 (l2) | cosine (1 - cosine similarity) between representations
+
+    def __post_init__(self) -> None:
+        check_settings(self, [integer("first_image", minimum=0), integer("num_images"), integer("samples_per_image"),
+                              integer("num_neighbors"), satisfies("metric", check_metric, " or ".join(METRICS))])
 
 
 def training_neighbors(reps: Tensor, train_reps: Tensor, num_neighbors: int,
@@ -29,23 +48,13 @@ def training_neighbors(reps: Tensor, train_reps: Tensor, num_neighbors: int,
     return nearest_neighbors(reps, train_reps, num_neighbors, metric)
 
 
-# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
-RULES: list[Rule] = [
-    integer("first_image", minimum=0),
-    integer("num_images"),
-    integer("samples_per_image"),
-    integer("num_neighbors"),
-    one_of("metric", METRICS),
-]
-
-
-def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:
-    n, k = int(settings["num_images"]), int(settings["samples_per_image"])
-    num_neighbors, metric = int(settings["num_neighbors"]), str(settings["metric"])
+def make(ctx: FigureContext, settings: Settings) -> dict[str, Any]:
+    n, k = settings.num_images, settings.samples_per_image
+    num_neighbors, metric = settings.num_neighbors, settings.metric
     train = ctx.run.representations("train")
     # Checked before sampling: a bad setting should fail in a second, not after the diffusion model ran.
     training_neighbors(train[:1], train, num_neighbors, metric)
-    images, names = ctx.input_images(n, offset=int(settings["first_image"]))
+    images, names = ctx.input_images(n, offset=settings.first_image)
     h = ctx.run.pipeline.encode(images).float().cpu()
     samples = ctx.sample(h, k)
     sample_reps = ctx.run.pipeline.encode(samples).float().cpu()

@@ -9,19 +9,37 @@ share the same noise, so differences down a column come from the class means alo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.experiments.context import FigureContext
-from rcdm_lab.experiments.probe_source import factor_labels, resolve_class
+from rcdm_lab.figures.blocks import sample_rows
+from rcdm_lab.figures.context import FigureContext
+from rcdm_lab.figures.kind import check_settings
+from rcdm_lab.figures.probe_source import factor_labels, resolve_class
 from rcdm_lab.metrics.distances import squared_distances_to
 from rcdm_lab.metrics.diversity import sample_diversity
 from rcdm_lab.metrics.knn import nearest_neighbors
-from rcdm_lab.settings import Rule, integer
+from rcdm_lab.settings import integer
 from rcdm_lab.viz.grid import labelled_rows
+
+PAPER = "Fig. 27"
+SUMMARY = "samples from the mean representation of a class"
+SEVERAL_MODELS = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    factor: str | None                   # the label whose classes are averaged; null: "class", else "shape"
+    classes: list[str | int] | None      # class names or indices to show, e.g. [circle, star]; null: every class
+    max_classes: int                     # at most this many rows
+    samples_per_class: int               # samples from each class mean (the same noise for every row)
+
+    def __post_init__(self) -> None:
+        check_settings(self, [integer("max_classes"), integer("samples_per_class")])
 
 
 def class_means(reps: Tensor, labels: Tensor, classes: Sequence[int]) -> tuple[Tensor, Tensor]:
@@ -40,14 +58,10 @@ def class_means(reps: Tensor, labels: Tensor, classes: Sequence[int]) -> tuple[T
 def chosen_classes(labels: Tensor, names: list[str], factor: str, wanted: Sequence[int | str] | None,
                    max_classes: int) -> list[int]:
     """Class indices to show: `wanted` (names or indices), else every class present in the train split; capped."""
-    if max_classes < 1:
-        raise RCDMError(f"figure.max_classes must be >= 1, got {max_classes}")
     if wanted is None:
         present = set(labels.unique().tolist())
         classes = [c for c in range(len(names)) if c in present]
     else:
-        if isinstance(wanted, (str, int)):
-            wanted = [wanted]
         classes = list(dict.fromkeys(resolve_class(names, w, factor) for w in wanted))
         empty = [names[c] for c in classes if not bool((labels == c).any())]
         if empty:
@@ -55,21 +69,12 @@ def chosen_classes(labels: Tensor, names: list[str], factor: str, wanted: Sequen
     return classes[:max_classes]
 
 
-# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
-RULES: list[Rule] = [
-    integer("max_classes"),
-    integer("samples_per_class"),
-]
-
-
-def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:
-    k = int(settings["samples_per_class"])
-    if k < 1:
-        raise RCDMError(f"figure.samples_per_class must be >= 1, got {k}")
+def make(ctx: FigureContext, settings: Settings) -> dict[str, Any]:
+    k = settings.samples_per_class
     run = ctx.run
-    target = factor_labels(run, settings.get("factor"))
+    target = factor_labels(run, settings.factor)
     names, labels = target.class_names, target.y_train
-    classes = chosen_classes(labels, names, target.name, settings.get("classes"), int(settings["max_classes"]))
+    classes = chosen_classes(labels, names, target.name, settings.classes, settings.max_classes)
     reps = run.representations("train")
     means, counts = class_means(reps, labels, classes)
 
@@ -87,9 +92,8 @@ def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:
     sample_reps = run.pipeline.encode(samples).cpu()
     to_mean = squared_distances_to(means, sample_reps.view(len(classes), k, -1))
     images = run.images("train", nearest)
-    rows = [[images[r], *samples[r * k:(r + 1) * k]] for r in range(len(classes))]
     row_labels = [f"{names[c]} (n={int(n)})" for c, n in zip(classes, counts, strict=True)]
-    png = ctx.save(labelled_rows(rows, row_labels))
+    png = ctx.save(labelled_rows(sample_rows(images, samples, k), row_labels))
 
     per_class = []
     for r, c in enumerate(classes):

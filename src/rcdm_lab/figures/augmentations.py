@@ -13,6 +13,7 @@ every time it is made and for every model.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -22,22 +23,56 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.experiments.compare_models import (
-    block_rows,
-    model_blocks,
-    model_summary,
-    positive_int,
-    print_diversity,
-    same_noise,
-)
-from rcdm_lab.experiments.context import FigureContext
+from rcdm_lab.figures.blocks import block_rows, model_blocks, model_summary, print_diversity, same_noise
+from rcdm_lab.figures.context import FigureContext
+from rcdm_lab.figures.kind import check_settings
 from rcdm_lab.metrics.distances import single_augmentations, squared_distances_to
 from rcdm_lab.metrics.diversity import sample_diversity
-from rcdm_lab.settings import Rule, all_of, integer, number, one_of
+from rcdm_lab.settings import all_of, integer, number, one_of
 from rcdm_lab.viz.grid import labelled_rows
+
+PAPER = "Fig. 3/25/26"
+SUMMARY = ("vertical shift, zoom out, zoom in, grayscale, colour jitter (fixed parameters) and each one's "
+           "representation distance to the original")
+SEVERAL_MODELS = False
 
 TRANSFORMS = ("vertical_shift", "zoom_out", "zoom_in", "grayscale", "color_jitter")
 PADDINGS = {"edge": "replicate", "zero": "constant"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    image_index: int          # which input image (validation item or file of images=)
+    samples_per_image: int    # samples per row (paper: 3)
+    transforms: list[str]     # rows under the original, in order; each of TRANSFORMS at most once
+    shift: float              # vertical_shift: fraction of the height the content moves down (negative: up)
+    shift_padding: str        # vertical_shift fill: edge (repeat the top row: background continues) or zero (black)
+    zoom_out: float           # zoom_out: side of the shrunk image as a fraction of the original
+    zoom_out_padding: str     # zoom_out fill: zero (black border) or edge (smears objects touching the border)
+    zoom_in: float            # zoom_in: central fraction of the side kept and resized back
+    brightness: float         # color_jitter factors (fixed, not random): 1 = unchanged
+    contrast: float
+    saturation: float
+    hue: float                # hue rotation in turns, in [-0.5, 0.5]; 0 = unchanged
+
+    def __post_init__(self) -> None:
+        check_settings(self, [
+            integer("image_index", minimum=0),
+            integer("samples_per_image"),
+            all_of("transforms", TRANSFORMS),
+            number("shift", above=-1, below=1),
+            one_of("shift_padding", PADDINGS),
+            number("zoom_out", above=0, at_most=1),
+            one_of("zoom_out_padding", PADDINGS),
+            number("zoom_in", above=0, at_most=1),
+            number("brightness", at_least=0),
+            number("contrast", at_least=0),
+            number("saturation", at_least=0),
+            number("hue", at_least=-0.5, at_most=0.5),
+        ])
+        if len(set(self.transforms)) != len(self.transforms):
+            raise RCDMError(f"figure.transforms {list(self.transforms)}: name each at most once, from "
+                            f"{list(TRANSFORMS)}")
 
 
 def _pad(images: Tensor, left: int, right: int, top: int, bottom: int, padding: str) -> Tensor:
@@ -99,47 +134,23 @@ def color_jitter(images: Tensor, brightness: float = 1.0, contrast: float = 1.0,
     return TF.adjust_hue(images, hue)
 
 
-def transforms_from(settings: dict[str, Any]) -> dict[str, Callable[[Tensor], Tensor]]:
-    """The figure's transformations by name, in the order of settings `transforms` (its rows)."""
+def transforms_from(settings: Settings) -> dict[str, Callable[[Tensor], Tensor]]:
+    """The figure's transformations by name, in the order of `settings.transforms` (its rows)."""
     available = {
-        "vertical_shift": partial(vertical_shift, fraction=float(settings["shift"]),
-                                  padding=str(settings.get("shift_padding", "edge"))),
-        "zoom_out": partial(zoom_out, scale=float(settings["zoom_out"]),
-                            padding=str(settings.get("zoom_out_padding", "zero"))),
-        "zoom_in": partial(zoom_in, crop=float(settings["zoom_in"])),
+        "vertical_shift": partial(vertical_shift, fraction=settings.shift, padding=settings.shift_padding),
+        "zoom_out": partial(zoom_out, scale=settings.zoom_out, padding=settings.zoom_out_padding),
+        "zoom_in": partial(zoom_in, crop=settings.zoom_in),
         "grayscale": grayscale,
-        "color_jitter": partial(color_jitter, brightness=float(settings["brightness"]),
-                                contrast=float(settings["contrast"]), saturation=float(settings["saturation"]),
-                                hue=float(settings["hue"])),
+        "color_jitter": partial(color_jitter, brightness=settings.brightness, contrast=settings.contrast,
+                                saturation=settings.saturation, hue=settings.hue),
     }
-    names = list(settings["transforms"])
-    unknown = [name for name in names if name not in available]
-    if unknown or len(set(names)) != len(names):
-        raise RCDMError(f"figure.transforms {names}: name each at most once, from {list(TRANSFORMS)}")
-    return {name: available[name] for name in names}
+    return {name: available[name] for name in settings.transforms}
 
 
-# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
-RULES: list[Rule] = [
-    integer("image_index", minimum=0),
-    integer("samples_per_image"),
-    all_of("transforms", TRANSFORMS),
-    number("shift", above=-1, below=1),
-    one_of("shift_padding", ("edge", "zero")),
-    number("zoom_out", above=0, at_most=1),
-    one_of("zoom_out_padding", ("zero", "edge")),
-    number("zoom_in", above=0, at_most=1),
-    number("brightness", at_least=0),
-    number("contrast", at_least=0),
-    number("saturation", at_least=0),
-    number("hue", at_least=-0.5, at_most=0.5),
-]
-
-
-def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:
-    k = positive_int(settings, "samples_per_image")
+def make(ctx: FigureContext, settings: Settings) -> dict[str, Any]:
+    k = settings.samples_per_image
     transforms = transforms_from(settings)
-    image, name = ctx.input_images(1, offset=int(settings.get("image_index", 0)))
+    image, name = ctx.input_images(1, offset=settings.image_index)
     # Row 0 is the untransformed original: its samples are what every transformed row is compared with.
     images = torch.cat([image, *(transform(image) for transform in transforms.values())])
     row_names = ["original", *transforms]

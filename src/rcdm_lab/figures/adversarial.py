@@ -11,6 +11,7 @@ Every model is attacked through its own encoder and probe, as in the paper.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,11 +20,16 @@ from torch import Tensor
 
 from rcdm_lab.encoders.frozen import FrozenEncoder
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.experiments.context import FigureContext
-from rcdm_lab.experiments.probe_source import probe_for, resolve_class
+from rcdm_lab.figures.context import FigureContext
+from rcdm_lab.figures.kind import check_settings
+from rcdm_lab.figures.probe_source import probe_for, resolve_class
 from rcdm_lab.metrics.probe import LinearProbe
-from rcdm_lab.settings import Rule, integer, satisfies
+from rcdm_lab.settings import integer, satisfies
 from rcdm_lab.viz.grid import labelled_rows
+
+PAPER = "Fig. 4/29"
+SUMMARY = "FGSM against a linear probe at a sweep of ε; probe labels under every image, changed ones framed red"
+SEVERAL_MODELS = False
 
 
 def parse_eps(values: Sequence[float | int | str]) -> tuple[list[float], list[str]]:
@@ -78,28 +84,32 @@ def _model_names(ctx: FigureContext) -> list[str]:
     return [f"model {m}" for m in range(len(ctx.runs))]
 
 
-# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
-RULES: list[Rule] = [
-    integer("num_images"),
-    integer("samples_per_image"),
-    satisfies("eps", parse_eps, "a list of attack strengths in [0, 1] pixel units: numbers or fractions like 8/255"),
-]
+@dataclass(frozen=True)
+class Settings:
+    num_images: int                    # input images attacked (validation items 0.., or images=<folder>)
+    samples_per_image: int             # samples per attacked image and model (the same noise for every row)
+    eps: list[int | float | str]       # attack strengths in [0, 1] pixel units; numbers or fractions like 8/255
+    factor: str | None                 # the probed label; null: "class", else "shape" (shapes dataset)
+    target_class: str | int | None     # null: untargeted (away from the clean prediction); a class name or index
+
+    def __post_init__(self) -> None:
+        check_settings(self, [integer("num_images"), integer("samples_per_image"),
+                              satisfies("eps", parse_eps, "a list of attack strengths in [0, 1] pixel units: "
+                                                          "numbers or fractions like 8/255")])
 
 
-def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:
-    n, k = int(settings["num_images"]), int(settings["samples_per_image"])
-    if n < 1 or k < 1:
-        raise RCDMError(f"figure.num_images and figure.samples_per_image must be >= 1, got {n} and {k}")
-    eps, eps_names = parse_eps(settings["eps"])
+def make(ctx: FigureContext, settings: Settings) -> dict[str, Any]:
+    n, k = settings.num_images, settings.samples_per_image
+    eps, eps_names = parse_eps(settings.eps)
     images, names = ctx.input_images(n)
     model_names = _model_names(ctx)
-    target_setting = settings.get("target_class")
     num_eps = len(eps)
 
     per_model, grids = [], []
     for run, model in zip(ctx.runs, model_names, strict=True):
-        probe = probe_for(ctx, run, settings.get("factor"))
-        target = None if target_setting is None else resolve_class(probe.class_names, target_setting, probe.factor)
+        probe = probe_for(ctx, run, settings.factor)
+        target = None if settings.target_class is None else resolve_class(probe.class_names, settings.target_class,
+                                                                           probe.factor)
         x = images.to(run.pipeline.device)
         attacked, clean = fgsm(run.pipeline.encoder, probe, x, eps, target)
         # Predictions and conditionings through the encoder's ordinary (no-grad) path: what RCDM is fed.

@@ -7,17 +7,23 @@ differs only through the combined representation.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.experiments.context import FigureContext
+from rcdm_lab.figures.context import FigureContext
+from rcdm_lab.figures.kind import check_settings
 from rcdm_lab.metrics.distances import squared_distances_to
-from rcdm_lab.metrics.knn import METRICS, nearest_neighbors
-from rcdm_lab.settings import Rule, integer, one_of
+from rcdm_lab.metrics.knn import METRICS, check_metric, nearest_neighbors
+from rcdm_lab.settings import integer, satisfies
 from rcdm_lab.viz.grid import labelled_rows
+
+PAPER = "Fig. 32"
+SUMMARY = "h(a) − h(b) + h(c)"
+SEVERAL_MODELS = False
 
 
 def combine(h_a: Tensor, h_b: Tensor, h_c: Tensor) -> Tensor:
@@ -25,26 +31,21 @@ def combine(h_a: Tensor, h_b: Tensor, h_c: Tensor) -> Tensor:
     return h_a + (h_c - h_b)
 
 
-def _triples(value: Any) -> list[tuple[int, int, int]]:
-    try:
-        triples = [tuple(int(i) for i in triple) for triple in value]
-    except (TypeError, ValueError):
-        triples = []
-    if not triples or any(len(t) != 3 or min(t) < 0 for t in triples):
-        raise RCDMError(f"figure.triples must be a non-empty list of [a, b, c] input-image indices >= 0 "
-                        f"(e.g. triples=[[0,1,2]]), got {value!r}")
-    return triples  # type: ignore[return-value]
+@dataclass(frozen=True)
+class Settings:
+    triples: list[list[int]]   # [a, b, c] indices into the input images (images= folder order, or val items)
+    samples_per_row: int       # samples of each combined representation; every row shares the same noise
+    metric: str                # distance for the combined h's nearest training neighbour: l2 | cosine
+
+    def __post_init__(self) -> None:
+        if not self.triples or any(len(t) != 3 or min(t) < 0 for t in self.triples):
+            raise RCDMError(f"figure.triples must be a non-empty list of [a, b, c] input-image indices >= 0 "
+                            f"(e.g. triples=[[0,1,2]]), got {self.triples!r}")
+        check_settings(self, [integer("samples_per_row"), satisfies("metric", check_metric, " or ".join(METRICS))])
 
 
-# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
-RULES: list[Rule] = [
-    integer("samples_per_row"),
-    one_of("metric", METRICS),
-]
-
-
-def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:
-    triples, k, metric = _triples(settings["triples"]), int(settings["samples_per_row"]), str(settings["metric"])
+def make(ctx: FigureContext, settings: Settings) -> dict[str, Any]:
+    triples, k, metric = settings.triples, settings.samples_per_row, settings.metric
     images, names = ctx.input_images(max(max(t) for t in triples) + 1)
     h = ctx.run.pipeline.encode(images).float().cpu()
     index = torch.tensor(triples)

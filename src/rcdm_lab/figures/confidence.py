@@ -9,6 +9,7 @@ samples of confident representations all in one class, those of unconfident ones
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,10 +17,27 @@ from torch import Tensor
 
 from rcdm_lab.data.folder import list_images
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.experiments.context import FigureContext
-from rcdm_lab.experiments.probe_source import factor_labels, probe_for
-from rcdm_lab.settings import Rule, integer
+from rcdm_lab.figures.context import FigureContext
+from rcdm_lab.figures.kind import check_settings
+from rcdm_lab.figures.probe_source import factor_labels, probe_for
+from rcdm_lab.settings import integer
 from rcdm_lab.viz.grid import labelled_rows
+
+PAPER = "Fig. 12"
+SUMMARY = "the validation images a linear probe is most and least confident about, and their samples"
+SEVERAL_MODELS = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    num_candidates: int | None   # the first this many validation images ranked by probe confidence; null: 1000 or all
+    num_images: int              # rows per block: the most confident, then the least confident
+    samples_per_image: int       # samples per image (the same noise for every row)
+    factor: str | None           # the probed label; null: "class", else "shape" (shapes dataset)
+
+    def __post_init__(self) -> None:
+        check_settings(self, [integer("num_candidates", minimum=2, optional=True), integer("num_images"),
+                              integer("samples_per_image")])
 
 
 def confidence_extremes(confidence: Tensor, count: int) -> tuple[Tensor, Tensor]:
@@ -49,21 +67,11 @@ def _candidates(ctx: FigureContext, num_candidates: int) -> tuple[Tensor, list[s
     return run.representations("val")[:num_candidates], [f"val {i}" for i in range(num_candidates)], None
 
 
-# Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
-RULES: list[Rule] = [
-    integer("num_candidates", minimum=2, optional=True),
-    integer("num_images"),
-    integer("samples_per_image"),
-]
-
-
-def make(ctx: FigureContext, settings: dict[str, Any]) -> dict[str, Any]:
-    n, k = int(settings["num_images"]), int(settings["samples_per_image"])
-    num_candidates = ctx.run.count("val", settings["num_candidates"], "figure.num_candidates", default=1000)
-    if n < 1 or k < 1:
-        raise RCDMError(f"figure.num_images and figure.samples_per_image must be >= 1, got {n} and {k}")
+def make(ctx: FigureContext, settings: Settings) -> dict[str, Any]:
+    n, k = settings.num_images, settings.samples_per_image
+    num_candidates = ctx.run.count("val", settings.num_candidates, "figure.num_candidates", default=1000)
     run = ctx.run
-    probe = probe_for(ctx, run, settings.get("factor"))
+    probe = probe_for(ctx, run, settings.factor)
     h, names, folder_images = _candidates(ctx, num_candidates)
     with torch.no_grad():
         probabilities = torch.softmax(probe(h.to(run.pipeline.device)), dim=1).cpu()
