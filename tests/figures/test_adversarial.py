@@ -5,13 +5,19 @@ import torch
 from PIL import Image
 
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.experiments import adversarial
-from rcdm_lab.experiments.probe_source import probe_for
+from rcdm_lab.figures import adversarial
+from rcdm_lab.figures.probe_source import probe_for
 from rcdm_lab.metrics.probe import LinearProbe
 
 # 1e-4 stays in the first-order regime where one gradient-sign step must move the loss the intended way (the tiny
 # test encoder is a random-init MobileNetV2, so far from linear that 1/255 can already overshoot); 0.25 checks bounds.
 SETTINGS = {"num_images": 2, "samples_per_image": 2, "eps": [0, 1e-4, 0.25], "factor": None, "target_class": None}
+
+
+@pytest.fixture
+def settings(settings_for):
+    """settings(**overrides): SETTINGS over the shipped conf/figure/adversarial.yaml, as rcdm-figure builds them."""
+    return lambda **overrides: settings_for("adversarial", **{**SETTINGS, **overrides})
 
 
 def test_input_gradient_encoding_is_the_frozen_encoder(tiny_run, figure_ctx):
@@ -39,8 +45,8 @@ def test_fgsm_eps_zero_is_the_clean_image_and_changes_stay_within_eps(tiny_run, 
     assert (attacked[2] - images).abs().max() > 0   # the attack did move pixels
 
 
-def test_untargeted_attack_raises_the_loss_and_labels_the_figure(figure_ctx):
-    result = adversarial.make(figure_ctx, SETTINGS)
+def test_untargeted_attack_raises_the_loss_and_labels_the_figure(figure_ctx, settings):
+    result = adversarial.make(figure_ctx, settings())
     (model,) = result["models"]
     first, small, large = model["per_eps"]
     assert first["eps"] == 0 and first["fraction_changed"] == 0 and first["max_abs_change"] == 0
@@ -57,9 +63,9 @@ def test_untargeted_attack_raises_the_loss_and_labels_the_figure(figure_ctx):
     assert picture.height > picture.width   # 3 eps x 2 images = 6 rows of 3 cells
 
 
-def test_targeted_attack_moves_towards_the_target(figure_ctx):
-    result = adversarial.make(figure_ctx, {**SETTINGS, "num_images": 1, "samples_per_image": 1,
-                                           "eps": [0, 1e-4], "target_class": "circle"})
+def test_targeted_attack_moves_towards_the_target(figure_ctx, settings):
+    result = adversarial.make(figure_ctx, settings(num_images=1, samples_per_image=1, eps=[0, 1e-4],
+                                                   target_class="circle"))
     (model,) = result["models"]
     clean, small = model["per_eps"]
     assert model["target_class"] == "circle"
@@ -67,9 +73,9 @@ def test_targeted_attack_moves_towards_the_target(figure_ctx):
     assert small["loss"][0] < clean["loss"][0]   # CE towards the target goes down
 
 
-def test_each_model_is_attacked_through_its_own_encoder(figure_ctx, tiny_run):
+def test_each_model_is_attacked_through_its_own_encoder(figure_ctx, tiny_run, settings):
     figure_ctx.runs, figure_ctx.labels = [tiny_run, tiny_run], ["a", "b"]
-    result = adversarial.make(figure_ctx, {**SETTINGS, "num_images": 1, "samples_per_image": 1, "eps": [0, 0.1]})
+    result = adversarial.make(figure_ctx, settings(num_images=1, samples_per_image=1, eps=[0, 0.1]))
     assert [m["model"] for m in result["models"]] == ["a", "b"]
     assert result["models"][0]["per_eps"] == result["models"][1]["per_eps"]   # same model: same attack
 
@@ -93,9 +99,9 @@ def test_a_probe_file_must_come_from_the_checkpoints_encoder(figure_ctx, tiny_ru
 
 @pytest.mark.parametrize("bad", [{"eps": ["x"]}, {"eps": [2]}, {"eps": []}, {"target_class": "dragon"},
                                  {"factor": "species"}])
-def test_bad_settings_name_the_fix(figure_ctx, bad):
+def test_bad_settings_name_the_fix(figure_ctx, settings, bad):
     with pytest.raises(RCDMError):
-        adversarial.make(figure_ctx, {**SETTINGS, "samples_per_image": 1, **bad})
+        adversarial.make(figure_ctx, settings(samples_per_image=1, **bad))
 
 
 def test_continuous_factors_are_binned_like_rcdm_probe(figure_ctx, tiny_run):

@@ -1,23 +1,17 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.experiments import algebra
+from rcdm_lab.figures import algebra
 from rcdm_lab.metrics.knn import pairwise_distances
 
-CONFIG = Path(__file__).resolve().parents[2] / "conf" / "experiment" / "algebra.yaml"
 
-
-def settings(**overrides) -> dict:
+@pytest.fixture
+def settings(settings_for):
     """The shipped config's settings (so a typo there fails here), with small counts for the tiny run."""
-    figure = OmegaConf.to_container(OmegaConf.load(CONFIG).figure)
-    figure.pop("name")
-    return {**figure, "samples_per_row": 2, **overrides}
+    return lambda **overrides: settings_for("algebra", **{"samples_per_row": 2, **overrides})
 
 
 def test_combine_is_a_minus_b_plus_c_and_gives_a_back_when_b_equals_c():
@@ -28,7 +22,7 @@ def test_combine_is_a_minus_b_plus_c_and_gives_a_back_when_b_equals_c():
     assert torch.equal(algebra.combine(a, b, b), a)     # exact, although (a - b) + b would round
 
 
-def test_algebra_rows_decode_the_combined_representation(figure_ctx, sample_calls):
+def test_algebra_rows_decode_the_combined_representation(figure_ctx, sample_calls, settings):
     result = algebra.make(figure_ctx, settings(triples=[[0, 1, 2], [3, 4, 4]]))
     images, _ = figure_ctx.input_images(5)
     h = figure_ctx.run.pipeline.encode(images).float()
@@ -44,7 +38,7 @@ def test_algebra_rows_decode_the_combined_representation(figure_ctx, sample_call
     assert first["nearest_train_distance"] == pytest.approx(float(distances[0].min()))
 
 
-def test_algebra_refuses_malformed_triples(figure_ctx):
+def test_algebra_refuses_malformed_triples(figure_ctx, settings):
     for bad in ([[0, 1]], [], [[0, 1, -2]], 3):
         with pytest.raises(RCDMError, match="triples"):
             algebra.make(figure_ctx, settings(triples=bad))

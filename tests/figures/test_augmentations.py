@@ -6,11 +6,17 @@ import pytest
 import torch
 
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.experiments import augmentations
+from rcdm_lab.figures import augmentations
 
 SETTINGS = {"image_index": 1, "samples_per_image": 2, "transforms": list(augmentations.TRANSFORMS),
             "shift": 0.25, "shift_padding": "edge", "zoom_out": 0.5, "zoom_out_padding": "zero", "zoom_in": 0.5,
             "brightness": 1.2, "contrast": 0.8, "saturation": 1.6, "hue": 0.1}
+
+
+@pytest.fixture
+def settings(settings_for):
+    """settings(**overrides): SETTINGS over the shipped conf/figure/augmentations.yaml, as rcdm-figure builds them."""
+    return lambda **overrides: settings_for("augmentations", **{**SETTINGS, **overrides})
 
 
 def square(side: int, size: int = 16) -> torch.Tensor:
@@ -55,7 +61,7 @@ def test_grayscale_and_fixed_colour_jitter():
     torch.testing.assert_close(augmentations.color_jitter(image), image, atol=1e-5, rtol=0)
 
 
-def test_augmentations_figure_distances_and_shared_noise(figure_ctx, tiny_run, monkeypatch):
+def test_augmentations_figure_distances_and_shared_noise(figure_ctx, tiny_run, monkeypatch, settings):
     ctx = replace(figure_ctx, runs=[tiny_run, tiny_run], labels=["a", "b"])
     noises = []
     original = ctx.sample
@@ -65,7 +71,7 @@ def test_augmentations_figure_distances_and_shared_noise(figure_ctx, tiny_run, m
         return original(h, k, run=run, noise=noise)
 
     monkeypatch.setattr(ctx, "sample", spy)
-    result = augmentations.make(ctx, SETTINGS)
+    result = augmentations.make(ctx, settings())
     rows = ["original", *augmentations.TRANSFORMS]
     assert result["transforms"] == rows and list(result["models"]) == ["a", "b"]
     per_row = result["models"]["a"]["transforms"]
@@ -78,12 +84,12 @@ def test_augmentations_figure_distances_and_shared_noise(figure_ctx, tiny_run, m
     assert all(torch.equal(rows_noise[0], rows_noise[i]) for i in range(len(rows)))
 
 
-def test_augmentations_settings_are_checked(figure_ctx):
+def test_augmentations_settings_are_checked(figure_ctx, settings):
     with pytest.raises(RCDMError, match="figure.transforms"):
-        augmentations.make(figure_ctx, {**SETTINGS, "transforms": ["rotate"]})
+        augmentations.make(figure_ctx, settings(transforms=["rotate"]))
     with pytest.raises(RCDMError, match="padding"):
-        augmentations.make(figure_ctx, {**SETTINGS, "zoom_out_padding": "mirror"})
+        augmentations.make(figure_ctx, settings(zoom_out_padding="mirror"))
     with pytest.raises(RCDMError, match="zoom_out"):
-        augmentations.make(figure_ctx, {**SETTINGS, "zoom_out": 1.5})
-    result = augmentations.make(figure_ctx, {**SETTINGS, "transforms": ["grayscale"]})   # one model works too
+        augmentations.make(figure_ctx, settings(zoom_out=1.5))
+    result = augmentations.make(figure_ctx, settings(transforms=["grayscale"]))   # one model works too
     assert list(result["models"]["tiny"]["transforms"]) == ["original", "grayscale"]

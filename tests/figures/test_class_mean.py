@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.experiments import class_mean
+from rcdm_lab.figures import class_mean
 
 
 def test_class_means_average_exactly_the_rows_of_each_class():
@@ -17,8 +17,9 @@ def test_class_means_average_exactly_the_rows_of_each_class():
         class_mean.class_means(reps, labels, [1])
 
 
-def test_figure_rows_are_the_training_class_means(figure_ctx, tiny_run):
-    result = class_mean.make(figure_ctx, {"factor": None, "classes": None, "max_classes": 2, "samples_per_class": 2})
+def test_figure_rows_are_the_training_class_means(figure_ctx, tiny_run, settings_for):
+    result = class_mean.make(figure_ctx, settings_for("class_mean", factor=None, classes=None, max_classes=2,
+                                                      samples_per_class=2))
     assert result["factor"] == "shape" and len(result["classes"]) == 2
     reps, shapes = tiny_run.representations("train"), tiny_run.labels("train")["shape"]
     names = tiny_run.datamodule.dataset("train").class_names("shape")
@@ -46,8 +47,10 @@ def test_chosen_classes_by_name_or_index_and_unknown_ones_fail(tiny_run):
         class_mean.chosen_classes(labels, names, "shape", [len(names)], 8)
 
 
-def test_unknown_factor_or_class_in_the_figure_is_an_error(figure_ctx):
+def test_unknown_factor_or_class_in_the_figure_is_an_error(figure_ctx, settings_for):
     with pytest.raises(RCDMError, match="unknown factor"):
-        class_mean.make(figure_ctx, {"factor": "species", "classes": None, "max_classes": 2, "samples_per_class": 1})
+        class_mean.make(figure_ctx, settings_for("class_mean", factor="species", classes=None, max_classes=2,
+                                                 samples_per_class=1))
     with pytest.raises(RCDMError, match="unknown class"):
-        class_mean.make(figure_ctx, {"factor": None, "classes": ["dragon"], "max_classes": 2, "samples_per_class": 1})
+        class_mean.make(figure_ctx, settings_for("class_mean", factor=None, classes=["dragon"], max_classes=2,
+                                                 samples_per_class=1))

@@ -1,25 +1,20 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.experiments import manipulation
-from rcdm_lab.experiments.manipulation import apply_mask, common_dims_mask, nonzero_counts, rare_dims_mask
+from rcdm_lab.figures import manipulation
+from rcdm_lab.figures.manipulation import apply_mask, common_dims_mask, nonzero_counts, rare_dims_mask
 from rcdm_lab.metrics.knn import nearest_neighbors
 
-CONFIG = Path(__file__).resolve().parents[2] / "conf" / "experiment" / "manipulation.yaml"
 
-
-def settings(**overrides) -> dict:
+@pytest.fixture
+def settings(settings_for):
     """The shipped config's settings (so a typo there fails here), with small counts for the tiny run."""
-    figure = OmegaConf.to_container(OmegaConf.load(CONFIG).figure)
-    figure.pop("name")
-    return {**figure, "k": 8, "n_common": 4, "n_rare": 2, "samples_per_row": 2, **overrides}
+    small = {"k": 8, "n_common": 4, "n_rare": 2, "samples_per_row": 2}
+    return lambda **overrides: settings_for("manipulation", **{**small, **overrides})
 
 
 def test_nonzero_counts_and_masks_on_a_hand_checked_example():
@@ -50,7 +45,7 @@ def test_apply_mask_zeroes_or_replaces_exactly_the_masked_dims():
         apply_mask(h, mask.float())
 
 
-def test_manipulation_rows_are_the_original_zeroed_and_replaced_representations(figure_ctx, sample_calls):
+def test_manipulation_rows_are_the_original_zeroed_and_replaced_representations(figure_ctx, sample_calls, settings):
     result = manipulation.make(figure_ctx, settings(mode="both", target_offset=[1]))
 
     # The protocol by brute force: the query's 8 training neighbours by cosine similarity (the shipped default, as
@@ -82,7 +77,7 @@ def test_manipulation_rows_are_the_original_zeroed_and_replaced_representations(
     assert picture.height > picture.width / 3         # five rows of three cells
 
 
-def test_manipulation_refuses_settings_that_cannot_make_a_mask(figure_ctx):
+def test_manipulation_refuses_settings_that_cannot_make_a_mask(figure_ctx, settings):
     with pytest.raises(RCDMError, match="32 representations"):      # the tiny run has 32 training items
         manipulation.make(figure_ctx, settings(k=33))
     with pytest.raises(RCDMError, match="n_common"):

@@ -1,26 +1,21 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.experiments import nearest_neighbors
-
-CONFIG = Path(__file__).resolve().parents[2] / "conf" / "experiment" / "nearest_neighbors.yaml"
+from rcdm_lab.figures import nearest_neighbors
 
 
-def settings(**overrides) -> dict:
+@pytest.fixture
+def settings(settings_for):
     """The shipped config's settings (so a typo there fails here), with small counts for the tiny run."""
-    figure = OmegaConf.to_container(OmegaConf.load(CONFIG).figure)
-    figure.pop("name")
-    return {**figure, "num_images": 2, "samples_per_image": 2, "num_neighbors": 3, **overrides}
+    small = {"num_images": 2, "samples_per_image": 2, "num_neighbors": 3}
+    return lambda **overrides: settings_for("nearest_neighbors", **{**small, **overrides})
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
-def test_neighbours_are_the_true_nearest_training_items_sorted(figure_ctx, monkeypatch, metric):
+def test_neighbours_are_the_true_nearest_training_items_sorted(figure_ctx, monkeypatch, settings, metric):
     seen = {}
     original_sample = figure_ctx.sample
 
@@ -51,7 +46,7 @@ def test_neighbours_are_the_true_nearest_training_items_sorted(figure_ctx, monke
         assert row["closer_to_conditioning"] == (row["distance_to_conditioning"] < row["neighbor_distances"][0])
 
 
-def test_more_neighbours_than_training_items_is_a_clear_error(figure_ctx, monkeypatch):
+def test_more_neighbours_than_training_items_is_a_clear_error(figure_ctx, monkeypatch, settings):
     monkeypatch.setattr(figure_ctx, "sample", lambda *a, **k: pytest.fail("sampled before checking the settings"))
     with pytest.raises(RCDMError, match="num_neighbors=33.*32"):   # the tiny run has 32 training items
         nearest_neighbors.make(figure_ctx, settings(num_neighbors=33))

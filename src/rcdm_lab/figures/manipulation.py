@@ -33,7 +33,8 @@ from rcdm_lab.settings import integer, number, one_of, satisfies
 from rcdm_lab.viz.grid import labelled_rows
 
 PAPER = "Fig. 5/30/31"
-SUMMARY = "dims non-zero in > 14 of the 20 nearest neighbours (or rarely): zeroed, or replaced by a target image's values"
+SUMMARY = ("dims non-zero in > 14 of the 20 nearest neighbours (or rarely): zeroed, or replaced by a target image's "
+           "values")
 SEVERAL_MODELS = False
 
 MODES = ("most_common", "least_common")
@@ -45,8 +46,9 @@ MAX_LISTED_DIMS = 64
 @dataclass(frozen=True)
 class Settings:
     query_offset: int          # the query: input image number query_offset (images= folder order, or validation item)
-    target_offset: Any         # the target image(s) whose values replace the masked dims (one row each): an int or
-    #                            a list of ints (OmegaConf types cannot say "int or list"; `target_offsets` checks)
+    # The target image(s) whose values replace the masked dims (one row each): an int or a list of ints. Typed Any
+    # because OmegaConf cannot type "int or list"; `target_offsets` checks it.
+    target_offset: Any
     pool: str                  # where the neighbours come from: train | val (the run's representations)
     k: int                     # neighbours of the query counted (paper: 20); at most the pool size
     metric: str                # neighbour distance: cosine (the official script's normalised faiss index) | l2
