@@ -2,7 +2,8 @@
 
 A bad override (`n=-3`, `model.optimizer.lr=abc`) must stop a command in its first second with one line -- not
 after rendering and caching 10 000 images, and not as a traceback from deep inside torch. Commands list their
-rules (`rcdm_lab.cli.validation`); a figure or metric module may add its own `RULES` for its settings block.
+rules (`rcdm_lab.cli.validation`); a metric module may add its own `RULES` for its settings block, and a figure
+kind checks its typed `Settings` with these rules (`rcdm_lab.figures.kind.check_settings`).
 
     check(cfg, [integer("n"), number("model.optimizer.lr", above=0, example="1e-4")])
 """

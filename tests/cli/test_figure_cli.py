@@ -14,21 +14,21 @@ FAST = ["sampling.steps=2", "sampling.progress=false"]
 @pytest.mark.slow
 def test_figure_writes_png_json_with_its_command_and_a_gallery(trained_checkpoint, tmp_path):
     out = tmp_path / "figures" / "samples"
-    result = run_cli("rcdm-figure", "experiment=samples", f"ckpt={trained_checkpoint}", f"hydra.run.dir={out}",
+    result = run_cli("rcdm-figure", "figure=samples", f"ckpt={trained_checkpoint}", f"hydra.run.dir={out}",
                      *FAST, "figure.num_images=2", "figure.samples_per_image=2")
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "figure.json").read_text())
     assert record["figure"] == "samples" and record["ckpts"] == [str(trained_checkpoint)]
-    assert record["command"].startswith("rcdm-figure experiment=samples")
+    assert record["command"].startswith("rcdm-figure figure=samples")
     assert (out / "figure.png").stat().st_size > 0
     index = (tmp_path / "figures" / "index.html").read_text()
-    assert "figure.png" in index and "rcdm-figure experiment=samples" in index
+    assert "figure.png" in index and "rcdm-figure figure=samples" in index
 
 
 @pytest.mark.slow
 def test_multirun_over_checkpoints(trained_checkpoint, tmp_path):
     sweep = tmp_path / "sweep"
-    result = run_cli("rcdm-figure", "-m", "experiment=augmentations", f"ckpt={trained_checkpoint},{trained_checkpoint}",
+    result = run_cli("rcdm-figure", "-m", "figure=augmentations", f"ckpt={trained_checkpoint},{trained_checkpoint}",
                      f"hydra.sweep.dir={sweep}", *FAST, "figure.samples_per_image=2")
     assert result.returncode == 0, result.stderr[-3000:]
     records = sorted(sweep.glob("*/figure.json"))
@@ -36,17 +36,17 @@ def test_multirun_over_checkpoints(trained_checkpoint, tmp_path):
     assert "augmentations" in (sweep / "index.html").read_text()
 
 
-def test_a_training_experiment_or_no_checkpoint_is_refused(tmp_path):
-    training = run_cli("rcdm-figure", "experiment=demo", f"ckpt={tmp_path / 'x.ckpt'}", f"hydra.run.dir={tmp_path}")
-    assert training.returncode == 2 and "not a figure" in training.stderr
-    no_model = run_cli("rcdm-figure", "experiment=samples", f"hydra.run.dir={tmp_path}")
+def test_no_figure_kind_or_no_checkpoint_is_refused(tmp_path):
+    no_kind = run_cli("rcdm-figure", "~figure", f"ckpt={tmp_path / 'x.ckpt'}", f"hydra.run.dir={tmp_path}")
+    assert no_kind.returncode == 2 and "pass figure=<kind>, one of adversarial," in no_kind.stderr
+    no_model = run_cli("rcdm-figure", "figure=samples", f"hydra.run.dir={tmp_path}")
     assert no_model.returncode == 2 and "ckpt=" in no_model.stderr
 
 
-def test_training_refuses_a_figure_experiment(tmp_path):
-    from rcdm_lab.cli.train import build
-    from rcdm_lab.errors import RCDMError
-    from rcdm_testing import compose_train
-
-    with pytest.raises(RCDMError, match="rcdm-figure experiment=samples"):
-        build(compose_train(tmp_path, "experiment=samples"))
+def test_a_bad_figure_setting_is_one_line_before_any_checkpoint_is_read(tmp_path):
+    result = run_cli("rcdm-figure", "figure=samples", f"ckpt={tmp_path / 'absent.ckpt'}", "+figure.num_image=3",
+                     f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: figure.num_image is not a setting of figure=samples (did you mean figure.num_images?); "
+        "its settings: num_images, samples_per_image")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from rcdm_lab.cli.validation import validate_eval, validate_figure, validate_probe, validate_sample, validate_train
+from rcdm_lab.cli.figure import checked_settings
+from rcdm_lab.cli.validation import validate_eval, validate_probe, validate_sample, validate_train
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.experiments import FIGURES
+from rcdm_lab.figures import FIGURE_KINDS
 from rcdm_lab.settings import Rule, check, integer, number, one_of
 from rcdm_testing import compose_config, run_cli
 
 VALIDATORS = {"train": validate_train, "demo": validate_train, "sample": validate_sample, "eval": validate_eval,
-              "figure": validate_figure, "probe": validate_probe}
+              "figure": checked_settings, "probe": validate_probe}
 
 
 def test_rules_name_the_setting_and_what_it_accepts():
@@ -33,7 +34,7 @@ def test_rules_name_the_setting_and_what_it_accepts():
     ("sample", ["ckpt=x.ckpt", "images=y"]),
     ("eval", ["ckpt=x.ckpt", "metric=[faithfulness,distances,fid,kde]"]),
     ("probe", ["layer=head", "encoder=simclr_resnet50"]),
-    *[("figure", [f"experiment={name}", "ckpt=x.ckpt"]) for name in FIGURES],
+    *[("figure", [f"figure={name}", "ckpt=x.ckpt"]) for name in FIGURE_KINDS],
 ])
 def test_every_shipped_config_passes_its_own_checks(config_name, overrides):
     cfg = compose_config(config_name, *[o.replace("resolution=128", "resolution=128px") for o in overrides])
@@ -58,12 +59,12 @@ def test_every_shipped_config_passes_its_own_checks(config_name, overrides):
     ("eval", ["ckpt=x", "metric=fid", "metric.fid.features=clip"], "metric.fid.features='clip' is not allowed"),
     ("eval", ["ckpt=x", "sampling.steps=ddimX"], "cannot read timestep spacing 'ddimX'"),
     ("probe", ["probe.continuous_bins=1"], "probe.continuous_bins=1 is not allowed: use an integer >= 2"),
-    ("figure", ["experiment=interpolation", "ckpt=x", "figure.num_steps=1"],
+    ("figure", ["figure=interpolation", "ckpt=x", "figure.num_steps=1"],
      "figure.num_steps=1 is not allowed: use an integer >= 2"),
-    ("figure", ["experiment=manipulation", "ckpt=x", "figure.mode=all"], "figure.mode='all' is not allowed: use one "
-                                                                         "of most_common, least_common, both"),
-    ("figure", ["experiment=adversarial", "ckpt=x", "figure.eps=[1/0]"], "figure.eps entry '1/0' is not a number"),
-    ("figure", ["experiment=augmentations", "ckpt=x", "figure.transforms=[blur]"],
+    ("figure", ["figure=manipulation", "ckpt=x", "figure.mode=all"], "figure.mode='all' is not allowed: use one "
+                                                                     "of most_common, least_common, both"),
+    ("figure", ["figure=adversarial", "ckpt=x", "figure.eps=[1/0]"], "figure.eps entry '1/0' is not a number"),
+    ("figure", ["figure=augmentations", "ckpt=x", "figure.transforms=[blur]"],
      "figure.transforms=['blur'] is not allowed: use a list of vertical_shift, zoom_out"),
 ])
 def test_a_bad_setting_is_named_with_its_allowed_values(config_name, overrides, message):

@@ -1,7 +1,8 @@
-"""rcdm-figure: one paper figure from trained RCDM(s) (Hydra app over conf/figure.yaml + conf/experiment/<name>)."""
+"""rcdm-figure: one paper figure from trained RCDM(s) (Hydra app over conf/figure.yaml + conf/figure/<kind>.yaml)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -15,8 +16,8 @@ from rcdm_lab.cli.common import hydra_entry, run_name_of
 from rcdm_lab.cli.sample import pick_device
 from rcdm_lab.cli.validation import validate_figure
 from rcdm_lab.errors import RCDMError
-from rcdm_lab.experiments import FIGURES, figure_module
-from rcdm_lab.experiments.context import FigureContext
+from rcdm_lab.figures import FIGURE_KINDS, FigureKind, figure_kind
+from rcdm_lab.figures.context import FigureContext
 from rcdm_lab.trained_run import TrainedRun
 from rcdm_lab.viz.gallery import write_gallery
 from rcdm_lab.viz.report import publish, write_json
@@ -37,14 +38,21 @@ def checkpoints(cfg: DictConfig) -> list[str]:
                     "(or ckpts=[a.ckpt,b.ckpt] for figures comparing models)")
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    if cfg.get("figure") is None:
-        raise RCDMError(f"this experiment is not a figure (it has no `figure:` settings; training experiments run "
-                        f"with rcdm-train). Figures: experiment={'|'.join(FIGURES)}")
+def checked_settings(cfg: DictConfig) -> tuple[FigureKind, Any]:
+    """The figure kind `cfg` selects and its validated settings, with the sampling settings checked too.
+
+    Everything here is checked before any checkpoint is loaded: a bad override fails in a second, in one line.
+    """
+    if cfg.get("figure") is None or cfg.figure.get("kind") is None:
+        raise RCDMError(f"no figure kind selected: pass figure=<kind>, one of {', '.join(FIGURE_KINDS)}")
     validate_figure(cfg)
-    figure = OmegaConf.to_container(cfg.figure, resolve=True)
-    name = figure.pop("name")
-    module = figure_module(name)
+    kind = figure_kind(cfg.figure.kind)
+    return kind, kind.settings(cfg.figure)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    kind, settings = checked_settings(cfg)
+    name = kind.name
     ckpts = checkpoints(cfg)
     device = pick_device(cfg.device)
     start = time.perf_counter()
@@ -55,8 +63,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     ctx = FigureContext(runs=runs, sampling=OmegaConf.to_container(cfg.sampling, resolve=True), out_dir=out,
                         seed=int(cfg.seed), images=cfg.get("images"), labels=labels, probe=cfg.get("probe"))
-    results = {"figure": name, **module.make(ctx, figure)}
-    results.update(ckpts=ckpts, labels=labels, settings=figure, command=command_line(),
+    results = {"figure": name, **kind.make(ctx, settings)}
+    results.update(ckpts=ckpts, labels=labels, settings=dataclasses.asdict(settings), command=command_line(),
                    seconds=round(time.perf_counter() - start, 1))
     write_json(out / "figure.json", results)
     publish(instantiate(cfg.logger) if cfg.get("logger") else None, results, prefix=name)

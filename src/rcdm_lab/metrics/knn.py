@@ -10,15 +10,20 @@ from rcdm_lab.errors import RCDMError
 METRICS = ("l2", "cosine")
 
 
+def check_metric(metric: str) -> None:
+    """Refuse a metric pairwise_distances does not know, naming the known ones (also used to check settings early)."""
+    if metric not in METRICS:
+        raise RCDMError(f"unknown distance metric {metric!r}; use one of {METRICS}")
+
+
 def pairwise_distances(queries: torch.Tensor, keys: torch.Tensor, metric: str = "l2") -> torch.Tensor:
     """(Q, K) distances: squared L2, or 1 - cosine similarity."""
+    check_metric(metric)
     if metric == "l2":
         # Computed in float64: ||q||^2 + ||k||^2 - 2 q.k cancels badly in float32 for nearby points.
         q, k = queries.double(), keys.double()
         return (q.pow(2).sum(1, keepdim=True) + k.pow(2).sum(1) - 2 * q @ k.T).clamp_min(0)
-    if metric == "cosine":
-        return 1 - F.normalize(queries.double(), dim=1) @ F.normalize(keys.double(), dim=1).T
-    raise RCDMError(f"unknown distance metric {metric!r}; use one of {METRICS}")
+    return 1 - F.normalize(queries.double(), dim=1) @ F.normalize(keys.double(), dim=1).T   # cosine
 
 
 def nearest_neighbors(queries: torch.Tensor, keys: torch.Tensor, k: int = 1, metric: str = "l2",
