@@ -15,9 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-# MERGE: describe_encoder_mismatch is imported here only for experiments/probe_source.py (which imports it from
-# rcdm_lab.pipeline); point that import at rcdm_lab.checkpoint and drop the name here.
-from rcdm_lab.checkpoint import Checkpoint, describe_encoder_mismatch, read_checkpoint  # noqa: F401
+from rcdm_lab.checkpoint import Checkpoint, read_checkpoint
 from rcdm_lab.diffusion import build_diffusion, classifier_free, sample
 from rcdm_lab.diffusion.gaussian import GaussianDiffusion
 from rcdm_lab.errors import RCDMError

@@ -34,12 +34,6 @@ def test_every_kind_builds_its_settings_from_its_shipped_config(name):
     assert {key: getattr(settings, key) for key in shipped} == shipped
 
 
-def test_make_figures_runs_exactly_the_single_model_figures():
-    makefile = (REPO / "Makefile").read_text()
-    listed = re.search(r"^SINGLE_MODEL_FIGURES := (.+)$", makefile, re.MULTILINE).group(1).split(",")
-    assert sorted(listed) == [name for name, kind in FIGURE_KINDS.items() if not kind.several_models]
-
-
 def test_unknown_kind_suggests_the_close_one_and_lists_the_known_ones():
     with pytest.raises(RCDMError, match=r"^unknown figure kind 'interpolate' \(did you mean figure=interpolation\?\); "
                                         r"figure kinds: adversarial, .*unconditional$"):

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rcdm_lab.cli.common import hydra_entry, run_name_of
+from rcdm_lab.cli.experiment_runs import runs_of_chosen_experiment
 from rcdm_lab.cli.sample import pick_device
 from rcdm_lab.cli.validation import validate_figure
 from rcdm_lab.errors import RCDMError
@@ -29,13 +30,22 @@ def command_line() -> str:
     return " ".join(["rcdm-figure", *overrides])
 
 
-def checkpoints(cfg: DictConfig) -> list[str]:
+def checkpoints(cfg: DictConfig) -> tuple[list[str], list[str]]:
+    """The checkpoints to render from and their default labels: ckpt/ckpts, else the runs of `experiment=`."""
     if cfg.get("ckpts"):
-        return [str(c) for c in cfg.ckpts]
-    if cfg.get("ckpt"):
-        return [str(cfg.ckpt)]
-    raise RCDMError("no model given: pass ckpt=outputs/<run>/checkpoints/last.ckpt "
-                    "(or ckpts=[a.ckpt,b.ckpt] for figures comparing models)")
+        ckpts = [str(c) for c in cfg.ckpts]
+    elif cfg.get("ckpt"):
+        ckpts = [str(cfg.ckpt)]
+    else:
+        if cfg.get("metric"):
+            raise RCDMError(f"this paper item measures {', '.join(cfg.metric)} rather than drawing a figure: "
+                            "render it with rcdm-eval (same arguments)")
+        runs = runs_of_chosen_experiment(cfg.get("runs_root"))
+        if runs is None:
+            raise RCDMError("no model given: pass ckpt=outputs/<run>/checkpoints/last.ckpt (or ckpts=[a.ckpt,b.ckpt] "
+                            "for figures comparing models), or a paper item experiment=<item> (conf/experiment/)")
+        return [str(run.checkpoint) for run in runs], [run.name for run in runs]
+    return ckpts, [run_name_of(c) for c in ckpts]
 
 
 def checked_settings(cfg: DictConfig) -> tuple[FigureKind, Any]:
@@ -53,11 +63,11 @@ def checked_settings(cfg: DictConfig) -> tuple[FigureKind, Any]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     kind, settings = checked_settings(cfg)
     name = kind.name
-    ckpts = checkpoints(cfg)
+    ckpts, default_labels = checkpoints(cfg)
     device = pick_device(cfg.device)
     start = time.perf_counter()
     runs = [TrainedRun.load(c, device=device, encoder_weights=cfg.encoder_weights) for c in ckpts]
-    labels = [str(label) for label in cfg.labels] if cfg.get("labels") else [run_name_of(c) for c in ckpts]
+    labels = [str(label) for label in cfg.labels] if cfg.get("labels") else default_labels
     if len(labels) != len(runs):
         raise RCDMError(f"labels has {len(labels)} names for {len(runs)} checkpoints: give one per checkpoint")
     out = Path(cfg.output_dir)

@@ -7,10 +7,10 @@ The class-mean figure (Fig. 27) picks its factor and class labels the same way.
 
 from __future__ import annotations
 
+from rcdm_lab.checkpoint import describe_encoder_mismatch
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.figures.context import FigureContext
 from rcdm_lab.metrics.probe import Factor, LinearProbe, probing_targets, train_linear_probe
-from rcdm_lab.pipeline import describe_encoder_mismatch
 from rcdm_lab.trained_run import TrainedRun
 
 # rcdm-probe's default (conf/probe.yaml probe.continuous_bins): a fitted probe bins continuous factors alike.
