@@ -85,7 +85,7 @@ class RepresentationSource:
         """(n, D) float32 h of the unflipped items `indices` (None: every item), on the CPU."""
         if self.cached:
             rows = self.cache.reps[:, 0] if indices is None else self.cache.reps[[int(i) for i in indices], 0]
-            return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+            return torch.from_numpy(np.array(rows, dtype=np.float32))  # a copy: the memmap is read-only
         indices = range(len(self.dataset)) if indices is None else [int(i) for i in indices]
         chunks = []
         for start in range(0, len(indices), self.batch_size):
