@@ -93,17 +93,6 @@ def test_a_toy_encoder_builds_through_hydra_with_one_yaml(tmp_path, toy_encoder_
     assert encoder(torch.rand(2, 3, 20, 20)).shape == (2, TOY_DIM)
 
 
-class NoFingerprint(RCDMDataset):
-    def __init__(self, split: str, image_size: int) -> None:
-        self.image_size = image_size
-
-    def __len__(self) -> int:
-        return 4
-
-    def __getitem__(self, index: int) -> dict:
-        return {"image": torch.zeros(3, self.image_size, self.image_size)}
-
-
 class PlainTorchDataset(Dataset):
     def __init__(self, split: str, image_size: int) -> None:
         self.image_size = image_size
@@ -113,6 +102,10 @@ class PlainTorchDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {"image": torch.zeros(3, self.image_size, self.image_size)}
+
+
+class NoFingerprint(PlainTorchDataset, RCDMDataset):
+    """Images and a length, as above, from the base class, but no fingerprint."""
 
 
 @pytest.mark.parametrize(("dataset", "lacking"), [(NoFingerprint, "fingerprint"),

@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rcdm_lab.data.base import RCDMDataset
 from rcdm_lab.errors import RCDMError
+
+if TYPE_CHECKING:  # only for annotations: probes need not import the data module (and Lightning)
+    from rcdm_lab.data.base import RCDMDataset
 
 PROBE_FORMAT_VERSION = 1
 # Dimensions whose training std is below this fraction of the largest one (e.g. ReLU features that are always 0)
