@@ -13,19 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from torch import Tensor
 
 from rcdm_lab.checkpoint import read_checkpoint
-from rcdm_lab.data.cache import RepresentationCache
-from rcdm_lab.data.datamodule import RCDMDataModule, labels_of, to_x0, uint8_to_x0
+from rcdm_lab.data.datamodule import RCDMDataModule
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.pipeline import RCDMPipeline
-
-# Representations of a split without a cache are encoded in chunks of this many images.
-_ENCODE_CHUNK = 256
 
 
 @dataclass
@@ -88,38 +83,18 @@ class TrainedRun:
                             "shapes, more images in a folder)")
         return self.datamodule.val_items(n)
 
-    def _cache(self, split: str) -> RepresentationCache | None:
-        if not self.datamodule.cache:
-            return None
-        return RepresentationCache.open(self.datamodule.cache_dir, self.datamodule.cache_key(split))
-
     def representations(self, split: str) -> Tensor:
         """(N, D) float32 representations of every (unflipped) item of `split`, on the CPU."""
-        cache = self._cache(split)
-        if cache is not None:
-            return torch.from_numpy(np.ascontiguousarray(cache.reps[:, 0])).float()
-        dataset = self.datamodule.dataset(split)
-        reps = []
-        for start in range(0, len(dataset), _ENCODE_CHUNK):
-            images = torch.stack([dataset[i]["image"] for i in range(start, min(start + _ENCODE_CHUNK, len(dataset)))])
-            reps.append(self.pipeline.encode(images).float().cpu())
-        return torch.cat(reps)
+        return self.datamodule.source(split).representations()
 
     def images(self, split: str, indices: Tensor | list[int]) -> Tensor:
         """(len(indices), 3, R, R) images of `split` in [0, 1] at the model's resolution, as the UNet saw them."""
-        indices = [int(i) for i in indices]
-        cache = self._cache(split)
-        if cache is not None and cache.has_images:
-            x0 = torch.stack([uint8_to_x0(cache.get_image(i, False)) for i in indices])
-        else:
-            dataset = self.datamodule.dataset(split)
-            x0 = torch.stack([to_x0(dataset[i]["image"], self.pipeline.resolution) for i in indices])
-        return (x0 + 1) / 2
+        return (self.datamodule.source(split).diffusion_targets([int(i) for i in indices]) + 1) / 2
 
     def labels(self, split: str) -> dict[str, Tensor]:
         """Every item's labels of `split` as {factor: (N,) tensor} ({} when the dataset has none)."""
         dataset = self.datamodule.dataset(split)
-        rows = [labels_of(dataset, i) for i in range(len(dataset))]
+        rows = [dataset.labels(i) for i in range(len(dataset))]
         if not rows or not rows[0]:
             return {}
         return {factor: torch.stack([torch.as_tensor(row[factor]) for row in rows]) for factor in rows[0]}

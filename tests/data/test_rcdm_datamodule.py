@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from rcdm_lab.data.cache import RepresentationCache
-from rcdm_lab.data.datamodule import RCDMDataModule, to_x0
+from rcdm_lab.data.datamodule import RCDMDataModule
 from rcdm_lab.data.shapes import ShapesDataset
 from rcdm_lab.errors import RCDMError
+from rcdm_lab.resize import to_x0
 
 RESOLUTION, BATCH, NUM_TRAIN, NUM_VAL = 16, 8, 24, 8
 shapes = functools.partial(ShapesDataset, num_train=NUM_TRAIN, num_val=NUM_VAL)

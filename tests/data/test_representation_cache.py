@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from rcdm_lab.data import cache as cache_module
-from rcdm_lab.data.cache import RepresentationCache, cache_key, quantise, resize_images
+from rcdm_lab.data.cache import RepresentationCache, cache_key
 from rcdm_lab.data.shapes import ShapesDataset
 from rcdm_lab.errors import RCDMError
+from rcdm_lab.resize import quantise, resize_to_resolution
 
 SOURCE, RESOLUTION, ITEMS, BATCH = 24, 16, 20, 4
 
@@ -36,7 +37,7 @@ def test_build_stores_h_of_each_image_and_of_its_mirror(tmp_path, dataset, make_
         assert torch.allclose(cache.get(index, False), reference(images[index : index + 1])[0], atol=1e-6)
         assert torch.allclose(cache.get(index, True), reference(images[index : index + 1].flip(-1))[0], atol=1e-6)
         assert not torch.allclose(cache.get(index, False), cache.get(index, True), atol=1e-3)
-    expected = quantise(resize_images(images, RESOLUTION))
+    expected = quantise(resize_to_resolution(images, RESOLUTION))
     assert torch.equal(torch.stack([cache.get_image(i, False) for i in range(ITEMS)]), expected)
     assert torch.equal(cache.get_image(3, True), expected[3].flip(-1))
     assert encoder.calls == ITEMS // BATCH  # one call per batch: image and mirror together

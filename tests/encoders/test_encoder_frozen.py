@@ -5,8 +5,8 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from rcdm_lab.encoders import FrozenEncoder, build_encoder
-from rcdm_lab.encoders.frozen import resize_and_center_crop
 from rcdm_lab.errors import RCDMError
+from rcdm_lab.resize import resize_and_center_crop
 
 SIZE = 32
 

@@ -17,9 +17,9 @@ from omegaconf import DictConfig
 
 from rcdm_lab.cli.common import hydra_entry
 from rcdm_lab.cli.train import train
-from rcdm_lab.encoders.frozen import resize_and_center_crop
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.metrics.faithfulness import nearest_conditioning_accuracy
+from rcdm_lab.resize import resize_and_center_crop
 from rcdm_lab.trained_run import TrainedRun
 from rcdm_lab.viz.grid import conditioning_grid, save_png
 

@@ -13,23 +13,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch import Tensor
 
 from rcdm_lab.cli.common import hydra_entry, require_values
 from rcdm_lab.cli.train import encoder_spec
 from rcdm_lab.cli.validation import validate_probe
-from rcdm_lab.data.cache import RepresentationCache
 from rcdm_lab.metrics.probe import LinearProbe, probing_targets, save_probes, train_linear_probe
-
-
-def cached_representations(datamodule: Any, split: str) -> Tensor:
-    """(N, D) unflipped h of `split` from the representation cache (built by prepare_data)."""
-    cache = RepresentationCache.open(datamodule.cache_dir, datamodule.cache_key(split))
-    return torch.from_numpy(np.ascontiguousarray(cache.reps[:, 0], dtype=np.float32))
 
 
 def _device(choice: str) -> torch.device:
@@ -64,7 +55,7 @@ def probe(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, cache=True)
     datamodule.attach_encoder(encoder)
     datamodule.prepare_data()
-    h_train, h_val = cached_representations(datamodule, "train"), cached_representations(datamodule, "val")
+    h_train, h_val = datamodule.source("train").representations(), datamodule.source("val").representations()
     settings = cfg.probe
     device = _device(str(settings.device))
     targets = probing_targets(datamodule.dataset("train"), datamodule.dataset("val"), int(settings.continuous_bins))

@@ -13,8 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from rcdm_lab.cli.common import hydra_entry, require_values
 from rcdm_lab.cli.validation import validate_sample
 from rcdm_lab.data.folder import list_images, load_image
-from rcdm_lab.encoders.frozen import resize_and_center_crop
 from rcdm_lab.pipeline import RCDMPipeline
+from rcdm_lab.resize import resize_and_center_crop
 from rcdm_lab.viz.grid import conditioning_grid, save_png
 
 

@@ -27,9 +27,9 @@ from rcdm_lab.training.randomness import RandomStatePersistence
 
 
 def encoder_spec(cfg: DictConfig) -> dict[str, Any]:
-    """The build_encoder keyword arguments in `cfg.encoder` (without Hydra and training-only keys)."""
+    """The build_encoder keyword arguments in `cfg.encoder` (without the training-only `standardize`)."""
     spec = OmegaConf.to_container(cfg.encoder, resolve=True)
-    return {k: v for k, v in spec.items() if k not in ("_target_", "standardize")}
+    return {k: v for k, v in spec.items() if k != "standardize"}
 
 
 def build(cfg: DictConfig) -> tuple[RCDMModule, L.LightningDataModule, L.Trainer]:
@@ -46,7 +46,7 @@ def build(cfg: DictConfig) -> tuple[RCDMModule, L.LightningDataModule, L.Trainer
     datamodule.attach_encoder(encoder)
     for split in ("train", "val"):
         datamodule.dataset(split)  # an empty or unreadable dataset fails here, before the trainer starts
-    diffusion = {k: v for k, v in OmegaConf.to_container(cfg.diffusion, resolve=True).items() if k != "_target_"}
+    diffusion = OmegaConf.to_container(cfg.diffusion, resolve=True)
     unet = instantiate(
         cfg.model.unet,
         image_size=cfg.resolution,

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.lib.format import open_memmap
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from rcdm_lab.errors import RCDMError
+from rcdm_lab.resize import quantise, resize_to_resolution
 
 try:
     import fcntl
@@ -47,19 +47,6 @@ def cache_key(encoder_identity: dict, dataset_fingerprint: str, resolution: int,
     if not flips:  # only then, so caches with flips keep the keys they were built under
         recipe["flips"] = False
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def resize_images(images: Tensor, size: int) -> Tensor:
-    """Antialiased bicubic resize of a (B, 3, H, W) batch in [0, 1]; a no-op at the same size."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    resized = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-    return resized.clamp_(0.0, 1.0)
-
-
-def quantise(images01: Tensor) -> Tensor:
-    """[0, 1] float -> uint8, rounding to nearest."""
-    return images01.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def encode_for_cache(images01: Tensor, encoder: nn.Module, flips: bool = True) -> Tensor:
@@ -287,7 +274,7 @@ def _fill(
                 raise RuntimeError(f"encoder produced non-finite values for items {row}..{row + len(h) - 1}")
             reps[row : row + len(h)] = h.cpu().numpy()
             if images is not None:
-                images[row : row + len(h)] = quantise(resize_images(pixels, resolution)).cpu().numpy()
+                images[row : row + len(h)] = quantise(resize_to_resolution(pixels, resolution)).cpu().numpy()
                 images.flush()
             # Rows are durable before progress claims them, so a crash can only lose the batch in flight.
             reps.flush()

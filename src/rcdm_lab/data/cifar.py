@@ -9,10 +9,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from rcdm_lab.data.folder import resize_and_centre_crop, to_tensor
+from rcdm_lab.data.base import RCDMDataset
+from rcdm_lab.data.folder import to_tensor
 from rcdm_lab.errors import RCDMError
+from rcdm_lab.resize import resize_and_center_crop_pil
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane",
@@ -46,7 +47,7 @@ def _load_torchvision_cifar10(root: Path, train: bool, download: bool):
 NATIVE_SIZE = 32
 
 
-class Cifar10Dataset(Dataset):
+class Cifar10Dataset(RCDMDataset):
     """Items: {"image": (3, S, S) in [0, 1], "labels": {"class": LongTensor}}; split "val" is the test set.
 
     S = min(image_size, 32): the 32 px images are never upsampled here. The encoder resizes to its own input size
@@ -54,8 +55,7 @@ class Cifar10Dataset(Dataset):
     88 % of them, by up to 34 levels, and made FID incomparable with the standard CIFAR statistics).
     """
 
-    factor_names: tuple[str, ...] = ("class",)
-    factor_kinds: dict[str, str] = {"class": "class"}
+    factor_kinds = {"class": "class"}
 
     def __init__(
         self,
@@ -80,13 +80,13 @@ class Cifar10Dataset(Dataset):
     def labels(self, index: int) -> dict[str, Tensor]:
         return {"class": torch.tensor(self.targets[index], dtype=torch.long)}
 
-    def num_classes(self, factor: str = "class") -> int:
+    def class_names(self, factor: str = "class") -> tuple[str, ...]:
         if factor != "class":
             raise KeyError(f"CIFAR-10 has only the 'class' factor, not {factor!r}")
-        return len(CIFAR10_CLASSES)
+        return CIFAR10_CLASSES
 
     def __getitem__(self, index: int) -> dict:
-        image = resize_and_centre_crop(Image.fromarray(self.data[index]), self.image_size)
+        image = resize_and_center_crop_pil(Image.fromarray(self.data[index]), self.image_size)
         return {"image": to_tensor(image), "labels": self.labels(index)}
 
     def fingerprint(self) -> str:

@@ -1,100 +1,37 @@
-"""Lightning data module: (x0, h) training pairs, h read from the representation cache or computed live."""
+"""Lightning data module: (x0, h) training pairs of a dataset, from its representation cache or computed live."""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader
 
-from rcdm_lab.data.cache import RepresentationCache, cache_key, encoder_on, module_device, quantise, resize_images
+from rcdm_lab.data.base import RCDMDataset, check_dataset
+from rcdm_lab.data.cache import RepresentationCache, cache_key
+from rcdm_lab.data.representations import RepresentationSource, TrainingItems, add_live_representations
 from rcdm_lab.errors import RCDMError
 
 SPLITS = ("train", "val")
-# representation_stats without a cache encodes at most this many training images.
-_STATS_MAX_IMAGES = 2048
-
-
-def to_x0(image01: Tensor, resolution: int) -> Tensor:
-    """A (3, S, S) image in [0, 1] -> the diffusion target (3, R, R) in [-1, 1], quantised like the cache."""
-    return uint8_to_x0(quantise(resize_images(image01[None], resolution))[0])
-
-
-def uint8_to_x0(image: Tensor) -> Tensor:
-    """uint8 pixels -> float32 in [-1, 1]."""
-    # numpy, not torch: per-item torch ops spread over threads and crawl when the CPU is shared.
-    return torch.from_numpy(image.numpy().astype(np.float32) / np.float32(127.5) - np.float32(1.0))
-
-
-def labels_of(dataset: Dataset, index: int) -> dict[str, Tensor]:
-    # Datasets with a `labels` method give them without decoding or rendering the image.
-    labels = getattr(dataset, "labels", None)
-    return labels(index) if callable(labels) else dataset[index]["labels"]
-
-
-def mirror(image: Tensor) -> Tensor:
-    """Horizontal flip of a (C, H, W) CPU tensor (numpy: no thread pool for one item)."""
-    return torch.from_numpy(np.ascontiguousarray(image.numpy()[..., ::-1]))
-
-
-def _coin_flip(enabled: bool) -> bool:
-    return enabled and bool(torch.rand(()) < 0.5)
-
-
-class CachedItems(Dataset):
-    """Items read from a representation cache that stores images: no decoding and no encoder per batch."""
-
-    def __init__(self, cache: RepresentationCache, dataset: Dataset, random_flip: bool) -> None:
-        self.cache, self.dataset, self.random_flip = cache, dataset, random_flip
-
-    def __len__(self) -> int:
-        return len(self.cache)
-
-    def __getitem__(self, index: int) -> dict:
-        flipped = _coin_flip(self.random_flip)
-        return {
-            "x0": uint8_to_x0(self.cache.get_image(index, flipped)),
-            "h": self.cache.get(index, flipped),
-            "labels": labels_of(self.dataset, index),
-            "index": index,
-            "flipped": flipped,
-        }
-
-
-class LiveItems(Dataset):
-    """Items decoded every time; h is computed later, on the batch's device (see on_after_batch_transfer)."""
-
-    def __init__(self, dataset: Dataset, resolution: int, random_flip: bool) -> None:
-        self.dataset, self.resolution, self.random_flip = dataset, resolution, random_flip
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        item = self.dataset[index]
-        image, x0 = item["image"], to_x0(item["image"], self.resolution)
-        flipped = _coin_flip(self.random_flip)
-        if flipped:
-            image, x0 = mirror(image), mirror(x0)
-        return {"x0": x0, "image": image, "labels": item["labels"], "index": index, "flipped": flipped}
 
 
 class RCDMDataModule(L.LightningDataModule):
     """Batches {"x0": (B, 3, R, R) in [-1, 1], "h": (B, D) float32, "labels", "index": (B,), "flipped": (B,)}.
 
-    `dataset` is called as dataset(split=..., image_size=source_size) for "train" and "val". With cache=True
-    both splits' representations (and images at `resolution`) are computed once in prepare_data; with
-    cache=False each batch carries the source image and on_after_batch_transfer computes h on its device.
+    `dataset` is called as dataset(split=..., image_size=source_size) for "train" and "val" and must return an
+    RCDMDataset (rcdm_lab/data/base.py). With cache=True both splits' representations (and images at
+    `resolution`) are computed once in prepare_data; with cache=False each batch carries the source image and
+    on_after_batch_transfer computes h on its device. `source(split)` gives either to every other reader.
     """
 
     def __init__(
         self,
-        dataset: Callable[..., Dataset],
+        dataset: Callable[..., RCDMDataset],
         resolution: int = 32,
         batch_size: int = 32,
         num_workers: int = 0,
@@ -120,8 +57,8 @@ class RCDMDataModule(L.LightningDataModule):
         self.val_batch_size = int(val_batch_size or batch_size)
         self.encoder = encoder
         self._source_size = source_size
-        self._datasets: dict[str, Dataset] = {}
-        self._items: dict[str, Dataset] = {}
+        self._datasets: dict[str, RCDMDataset] = {}
+        self._items: dict[str, TrainingItems] = {}
 
     # ------------------------------------------------------------------------------------------------ wiring
     def attach_encoder(self, encoder: nn.Module) -> None:
@@ -141,7 +78,7 @@ class RCDMDataModule(L.LightningDataModule):
             return int(self._source_size)
         return max(self.resolution, int(self._require_encoder().input_size))
 
-    def dataset(self, split: str) -> Dataset:
+    def dataset(self, split: str) -> RCDMDataset:
         """The source dataset of `split`, built once per process."""
         if split not in self._datasets:
             if self._source_size is not None and self._source_size < self.resolution:
@@ -153,7 +90,7 @@ class RCDMDataModule(L.LightningDataModule):
             dataset = self.dataset_factory(split=split, image_size=self.source_size)
             if len(dataset) == 0:
                 raise RCDMError(f"the {split} dataset is empty: check the data.dataset settings")
-            self._datasets[split] = dataset
+            self._datasets[split] = check_dataset(dataset, "data.dataset")
         return self._datasets[split]
 
     def flips(self, split: str) -> bool:
@@ -200,16 +137,16 @@ class RCDMDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:
-            if split in self._items:
-                continue
-            dataset, random_flip = self.dataset(split), self.flips(split)
-            if self.cache:
-                cache = RepresentationCache.open(self.cache_dir, self.cache_key(split))
-                self._items[split] = CachedItems(cache, dataset, random_flip)
-            else:
-                self._items[split] = LiveItems(dataset, self.resolution, random_flip)
+            if split not in self._items:
+                self._items[split] = TrainingItems(self.source(split), self.flips(split))
 
-    def _split_items(self, split: str) -> Dataset:
+    def source(self, split: str) -> RepresentationSource:
+        """h, x0 and labels of `split`'s items: from the representation cache with cache=True, else live."""
+        cache = RepresentationCache.open(self.cache_dir, self.cache_key(split)) if self.cache else None
+        return RepresentationSource(self.dataset(split), self.encoder, self.resolution, cache,
+                                    self._build_device(), self.cache_batch_size)
+
+    def _split_items(self, split: str) -> TrainingItems:
         if split not in self._items:
             raise RuntimeError("call datamodule.prepare_data() and datamodule.setup() before asking for data")
         return self._items[split]
@@ -226,7 +163,7 @@ class RCDMDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._split_items("val"), self.val_batch_size, shuffle=False)
 
-    def _loader(self, items: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, items: TrainingItems, batch_size: int, shuffle: bool) -> DataLoader:
         # No sampler here: under DDP Lightning inserts a DistributedSampler itself.
         return DataLoader(
             items,
@@ -238,53 +175,18 @@ class RCDMDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         """Without a cache, replace the source image by its representation, so the model always sees h."""
-        if "image" in batch and "h" not in batch:
-            images, encoder = batch.pop("image"), self._require_encoder()
-            if module_device(encoder) != images.device:
-                encoder.to(images.device)  # once: the encoder then stays with the batches
-            with torch.no_grad():
-                batch["h"] = encoder(images).float()
-        return batch
-
-    def _encode_outside_training(self, images: Tensor) -> Tensor:
-        """h of a CPU batch on the build device, the encoder left where it was; returned on the CPU."""
-        device = self._build_device()
-        with encoder_on(self._require_encoder(), device), torch.no_grad():
-            return self._require_encoder()(images.to(device)).float().cpu()
+        return add_live_representations(batch, self._require_encoder())
 
     # ------------------------------------------------------------------------------------- for other parts
     def representation_stats(self) -> tuple[Tensor, Tensor]:
         """Per-dimension mean and (unbiased) std of training h: from the cache, else from <= 2048 images."""
-        if self.cache:
-            return RepresentationCache.open(self.cache_dir, self.cache_key("train")).stats()
-        dataset = self.dataset("train")
-        count = min(len(dataset), _STATS_MAX_IMAGES)
-        # Evenly spaced, so a folder sorted by class contributes every class.
-        indices = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int)).tolist()
-        h = []
-        for start in range(0, len(indices), self.cache_batch_size):
-            batch = torch.stack([dataset[i]["image"] for i in indices[start : start + self.cache_batch_size]])
-            h.append(self._encode_outside_training(batch).double())
-        h = torch.cat(h)
-        std = h.std(dim=0) if len(h) > 1 else torch.zeros(h.shape[1], dtype=h.dtype)
-        return h.mean(dim=0).float(), std.float()
+        return self.source("train").stats()
 
-    def val_items(self, n: int) -> dict:
+    def val_items(self, n: int) -> dict[str, Tensor]:
         """The first n validation items as one batch {"x0", "h", "image", "labels", "index"}, unflipped."""
-        dataset = self.dataset("val")
-        indices = list(range(min(int(n), len(dataset))))
+        indices = list(range(min(int(n), len(self.dataset("val")))))
         if not indices:
             raise ValueError(f"val_items needs n >= 1, got {n}")
-        items = [dataset[i] for i in indices]
-        images = torch.stack([item["image"] for item in items])
-        if self.cache:
-            cache = RepresentationCache.open(self.cache_dir, self.cache_key("val"))
-            x0 = torch.stack([uint8_to_x0(cache.get_image(i, False)) for i in indices])
-            h = torch.stack([cache.get(i, False) for i in indices])
-        else:
-            x0 = torch.stack([to_x0(image, self.resolution) for image in images])
-            h = self._encode_outside_training(images)
-        labels = default_collate([item["labels"] for item in items])
-        return {"x0": x0, "h": h, "image": images, "labels": labels, "index": torch.tensor(indices)}
+        return self.source("val").items(indices)

@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from rcdm_lab.data.base import RCDMDataset
 from rcdm_lab.errors import RCDMError
+from rcdm_lab.resize import resize_and_center_crop_pil
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg",
@@ -120,18 +121,6 @@ def load_image(path: str | Path) -> Tensor:
         raise RCDMError(f"cannot read image {path} ({error}): replace or remove the file") from error
 
 
-def resize_and_centre_crop(image: Image.Image, size: int) -> Image.Image:
-    """Resize so the shorter side is `size` (antialiased), then crop the central size x size square."""
-    width, height = image.size
-    if (width, height) == (size, size):
-        return image
-    scale = size / min(width, height)
-    new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_width, new_height), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    left, top = (new_width - size) // 2, (new_height - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
 def _split_position(relative_path: str) -> float:
     """A stable number in [0, 1) per file: the split never moves a file when others are added."""
     digest = hashlib.sha1(relative_path.encode("utf-8")).hexdigest()
@@ -164,14 +153,13 @@ def _scan(paths: list[Path], size: int, description: str) -> list[str | None]:
         return list(bar)
 
 
-class FolderDataset(Dataset):
+class FolderDataset(RCDMDataset):
     """Images under `root`; items are {"image": (3, S, S) in [0, 1], "labels": {"class": LongTensor}}.
 
     The class is the index of the file's top-level subfolder in `classes` (files directly in root: "").
     """
 
-    factor_names: tuple[str, ...] = ("class",)
-    factor_kinds: dict[str, str] = {"class": "class"}
+    factor_kinds = {"class": "class"}
 
     def __init__(
         self,
@@ -223,10 +211,10 @@ class FolderDataset(Dataset):
     def labels(self, index: int) -> dict[str, Tensor]:
         return {"class": torch.tensor(self.targets[index], dtype=torch.long)}
 
-    def num_classes(self, factor: str = "class") -> int:
+    def class_names(self, factor: str = "class") -> tuple[str, ...]:
         if factor != "class":
             raise KeyError(f"folder datasets have only the 'class' factor, not {factor!r}")
-        return len(self.classes)
+        return tuple(self.classes)
 
     def __getitem__(self, index: int) -> dict:
         path = self.paths[index]
@@ -235,7 +223,7 @@ class FolderDataset(Dataset):
         except Exception as error:  # the file changed since the scan at construction
             message = f"cannot read image {path} ({error}): it changed after the dataset was built"
             raise RCDMError(message) from error
-        image = resize_and_centre_crop(image, self.image_size)
+        image = resize_and_center_crop_pil(image, self.image_size)
         return {"image": to_tensor(image), "labels": self.labels(index)}
 
     def fingerprint(self) -> str:

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
-from torch.utils.data import Dataset
 
+from rcdm_lab.data.base import RCDMDataset
 from rcdm_lab.errors import RCDMError
 
 # Bump whenever a change alters pixels: it is part of the fingerprint, so stale caches get rebuilt.
@@ -250,7 +250,7 @@ def render(factors: ShapeFactors, image_size: int) -> np.ndarray:
     return np.clip(image, 0.0, 1.0, out=image)
 
 
-class ShapesDataset(Dataset):
+class ShapesDataset(RCDMDataset):
     """Procedural shapes; items are {"image": (3, S, S) in [0, 1], "labels": {factor: scalar tensor}}.
 
     Class factors are LongTensors (index into `class_names(factor)`); continuous factors are float32: scale in
@@ -259,17 +259,7 @@ class ShapesDataset(Dataset):
     the pixels and a perfect probe can read it exactly. The validation split is its own stream.
     """
 
-    factor_names: tuple[str, ...] = (
-        "shape",
-        "object_colour",
-        "background_colour",
-        "texture",
-        "scale",
-        "x",
-        "y",
-        "rotation",
-    )
-    factor_kinds: dict[str, str] = {
+    factor_kinds = {
         "shape": "class",
         "object_colour": "class",
         "background_colour": "class",
@@ -332,9 +322,6 @@ class ShapesDataset(Dataset):
         factors = self.factors(index)
         image = torch.from_numpy(render(factors, self.image_size))
         return {"image": image, "labels": self._labels_of(factors)}
-
-    def num_classes(self, factor: str) -> int:
-        return len(self.class_names(factor))
 
     def class_names(self, factor: str) -> tuple[str, ...]:
         if factor not in self._CLASS_NAMES:

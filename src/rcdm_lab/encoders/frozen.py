@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rcdm_lab.errors import RCDMError
+from rcdm_lab.resize import resize_and_center_crop
 
 INPUT_NORMS = ("native", "official")
-
-
-def resize_and_center_crop(images: Tensor, size: int) -> Tensor:
-    """Shorter side to ``size`` (bilinear, antialiased), then the central ``size`` x ``size`` square."""
-    # Sizes and offsets are rounded exactly as torchvision's Resize(int) + CenterCrop, so features match
-    # a torchvision preprocessing pipeline bit for bit.
-    height, width = images.shape[-2:]
-    short, long = min(height, width), max(height, width)
-    if short != size:
-        new_long = int(size * long / short)
-        height, width = (size, new_long) if height <= width else (new_long, size)
-        images = F.interpolate(images, (height, width), mode="bilinear", align_corners=False, antialias=True)
-    top, left = int(round((height - size) / 2)), int(round((width - size) / 2))
-    return images[..., top : top + size, left : left + size]
 
 
 class FrozenEncoder(nn.Module):

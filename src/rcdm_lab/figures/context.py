@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from rcdm_lab.data.folder import list_images, load_image
-from rcdm_lab.encoders.frozen import resize_and_center_crop
 from rcdm_lab.errors import RCDMError
+from rcdm_lab.resize import resize_and_center_crop
 from rcdm_lab.trained_run import TrainedRun
 from rcdm_lab.viz.grid import save_png
 

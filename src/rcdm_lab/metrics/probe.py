@@ -10,13 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rcdm_lab.errors import RCDMError
+
+if TYPE_CHECKING:  # only for annotations: probes need not import the data module (and Lightning)
+    from rcdm_lab.data.base import RCDMDataset
 
 PROBE_FORMAT_VERSION = 1
 # Dimensions whose training std is below this fraction of the largest one (e.g. ReLU features that are always 0)
@@ -231,43 +234,24 @@ class Factor:
     class_names: list[str]
 
 
-def factor_kinds(dataset: Any) -> dict[str, str]:
-    """{factor: "class" | "continuous"}; datasets without factor metadata (folder, CIFAR) have one "class"."""
-    names = getattr(dataset, "factor_names", None)
-    if names is None:
-        return {name: "class" for name in dataset.labels(0)}
-    return {name: dataset.factor_kinds[name] for name in names}
-
-
-def _class_names(dataset: Any, factor: str, num_classes: int) -> list[str]:
-    if hasattr(dataset, "class_names"):
-        return list(dataset.class_names(factor))
-    classes = getattr(dataset, "classes", None)
-    if factor == "class" and classes is not None and len(classes) == num_classes:
-        return [str(c) for c in classes]
-    return [str(i) for i in range(num_classes)]
-
-
-def label_columns(dataset: Any) -> dict[str, Tensor]:
+def label_columns(dataset: RCDMDataset) -> dict[str, Tensor]:
     """{factor: (N,) labels} of every item, without rendering or decoding images."""
     rows = [dataset.labels(i) for i in range(len(dataset))]
     return {name: torch.stack([row[name] for row in rows]) for name in rows[0]}
 
 
-def probing_targets(train_set: Any, val_set: Any, num_bins: int) -> list[Factor]:
+def probing_targets(train_set: RCDMDataset, val_set: RCDMDataset, num_bins: int) -> list[Factor]:
     """Every labelled factor as class indices; continuous ones binned at the TRAIN split's quantiles."""
     train_labels, val_labels = label_columns(train_set), label_columns(val_set)
     factors = []
-    for name, kind in factor_kinds(train_set).items():
+    for name, kind in train_set.factor_kinds.items():
         y_train, y_val = train_labels[name], val_labels[name]
         if kind == "class":
-            num_classes = int(train_set.num_classes(name))
-            factors.append(Factor(name, kind, y_train.long(), y_val.long(), _class_names(train_set, name, num_classes)))
-        elif kind == "continuous":
+            class_names = [str(c) for c in train_set.class_names(name)]
+            factors.append(Factor(name, kind, y_train.long(), y_val.long(), class_names))
+        else:  # "continuous" (RCDMDataset admits no other kind)
             edges = quantile_bins(y_train, num_bins)
             low, high = float(min(y_train.min(), y_val.min())), float(max(y_train.max(), y_val.max()))
             factors.append(Factor(name, kind, bin_values(y_train, edges), bin_values(y_val, edges),
                                   bin_names(edges, low, high)))
-        else:
-            raise RCDMError(f"factor {name!r} has unknown kind {kind!r}: expected 'class' or 'continuous'")
     return factors
