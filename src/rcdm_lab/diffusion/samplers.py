@@ -14,7 +14,6 @@ Every sampler is `fn(diffusion, model_fn, noise, *, generator, cond, callback=No
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rcdm_lab.diffusion.gaussian import GaussianDiffusion
+from rcdm_lab.diffusion.schedules import _did_you_mean
 from rcdm_lab.errors import RCDMError
 
 ModelOutputFn = Callable[..., Tensor]
@@ -101,9 +101,8 @@ def register_sampler(name: str, *, check: Callable[..., None] | None = None) -> 
 def registered_sampler(name: str) -> RegisteredSampler:
     """The sampler called `name`, or an RCDMError with the closest registered name."""
     if name not in SAMPLERS:
-        close = difflib.get_close_matches(str(name), SAMPLERS, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise RCDMError(f"unknown sampler {name!r}; {hint}Known: {', '.join(SAMPLERS)}")
+        raise RCDMError(f"unknown sampler {name!r}; {_did_you_mean(str(name), list(SAMPLERS))}"
+                        f"Known: {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
 
 
@@ -118,9 +117,8 @@ def _not_an_option(sampler: RegisteredSampler, name: str, value: Any) -> str:
     if others:
         where = " or ".join(f"sampler={other.name!r}" for other in others)
         return f"{name}={value!r} only applies to {where}; sampler {sampler.name!r} takes: {takes}"
-    close = difflib.get_close_matches(name, sampler.defaults, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"sampler {sampler.name!r} has no option {name!r}{hint}; it takes: {takes}"
+    return f"sampler {sampler.name!r} has no option {name!r}; {_did_you_mean(name, list(sampler.defaults))}" \
+           f"It takes: {takes}"
 
 
 def sample(
