@@ -6,6 +6,8 @@ metric is checked without touching this file.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from omegaconf import DictConfig
 
@@ -15,6 +17,7 @@ from rcdm_lab.encoders.frozen import INPUT_NORMS
 from rcdm_lab.encoders.registry import LAYERS
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.models.unet import COND_MODES
+from rcdm_lab.pipeline import RCDMPipeline
 from rcdm_lab.precision import CHOICES as PRECISIONS
 from rcdm_lab.precision import normalise_precision
 from rcdm_lab.settings import Rule, check, flag, integer, number, one_of, satisfies
@@ -30,13 +33,16 @@ def _devices(value: object) -> None:
         raise ValueError(value)
 
 
-# RCDMPipeline.sample's own settings in a `sampling` block (conf/sampling/); its other keys are sampler options.
-SAMPLING_SETTINGS = ("sampler", "steps", "guidance", "seed", "batch_size", "precision", "progress")
+# A `sampling` block (conf/sampling/) is RCDMPipeline.sample's keywords; its other keys are the sampler's options.
+PIPELINE_SAMPLING_KEYWORDS = tuple(parameter.name for parameter in inspect.signature(RCDMPipeline.sample).parameters
+                                   .values() if parameter.kind is inspect.Parameter.KEYWORD_ONLY)
+# The settings that commands once read outside a `sampling` block (rcdm-sample's top level, demo., preview).
+_MOVED_SAMPLING_SETTINGS = ("sampler", "steps", "eta", "guidance", "seed", "batch_size", "precision")
 
 
 def moved_into_sampling(*old_prefixes: str) -> dict[str, str]:
     """Where the sampling settings once spelled `<prefix>steps` (`steps=`, `demo.steps=`) live now: `sampling.`."""
-    return {f"{prefix}{key}": f"sampling.{key}" for prefix in old_prefixes for key in (*SAMPLING_SETTINGS, "eta")}
+    return {f"{prefix}{key}": f"sampling.{key}" for prefix in old_prefixes for key in _MOVED_SAMPLING_SETTINGS}
 
 
 def sampling_rules() -> list[Rule]:
@@ -58,7 +64,7 @@ def check_sampling(cfg: DictConfig) -> None:
     block = cfg.get("sampling")
     if block is None:
         return
-    options = {key: value for key, value in block.items() if key not in SAMPLING_SETTINGS}
+    options = {key: value for key, value in block.items() if key not in PIPELINE_SAMPLING_KEYWORDS}
     try:
         check_sampler_options(block.sampler, options)
     except RCDMError as error:
