@@ -31,7 +31,7 @@ def tiny_overrides(tmp: Path, *extra: str) -> list[str]:
         "trainer.log_every_n_steps=1",
         "callbacks.checkpoint.every_n_train_steps=1",
         "callbacks.preview.every_n_steps=2",
-        "callbacks.preview.steps=2",
+        "sampling.steps=2",   # the preview grids sample in 2 steps
         "callbacks.preview.num_conditionings=2",
         "callbacks.preview.samples_per_conditioning=2",
         *extra,

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from rcdm_lab.checkpoint import Checkpoint, read_checkpoint
-from rcdm_lab.diffusion import build_diffusion, classifier_free, sample
+from rcdm_lab.diffusion import build_diffusion, check_sampler_options, classifier_free, sample
 from rcdm_lab.diffusion.gaussian import GaussianDiffusion
+from rcdm_lab.diffusion.samplers import StepCallback
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.precision import announce, resolve_precision
 
@@ -127,19 +128,23 @@ class RCDMPipeline:
         sampler: str = "ddpm",
         steps: int | str = 100,
         guidance: float = 1.0,
-        eta: float = 0.0,
         seed: int = 0,
         noise: torch.Tensor | None = None,
         batch_size: int = 64,
         precision: str = "auto",
         progress: bool = False,
+        callback: StepCallback | None = None,
+        **options: Any,
     ) -> torch.Tensor:
         """Samples in [-1, 1], shape (N * num_per_condition, 3, R, R), grouped by conditioning (row-major).
 
         `noise` (optional, (N * num_per_condition, 3, R, R)) fixes x_T, e.g. to share noise along an interpolation
         path. Otherwise x_T comes from `seed`, so the same seed gives the same samples. `precision` is resolved
         for this pipeline's device (`rcdm_lab.precision`): "auto" autocasts to bf16 only where it is native.
+        `options` are the sampler's own (e.g. `eta=` for DDIM; see `rcdm_lab.diffusion.samplers`), and
+        `callback` gets a `StepInfo` at every step of every batch of `batch_size`.
         """
+        check_sampler_options(sampler, options)   # a bad option fails before the first network call
         if guidance != 1.0 and not self.supports_guidance:
             raise RCDMError(f"guidance={guidance} needs a model trained with condition dropout (model.cond_drop > 0, "
                             "e.g. 0.15); this one was not. Use guidance=1")
@@ -148,15 +153,18 @@ class RCDMPipeline:
         generator = torch.Generator(device=self.device).manual_seed(seed)
         if noise is None:
             noise = torch.randn(shape, generator=generator, device=self.device)
-        denoiser = classifier_free(self.unet, guidance)
+        elif tuple(noise.shape) != shape:
+            raise RCDMError(f"noise has shape {tuple(noise.shape)} but samples of shape {shape} were asked for "
+                            f"({len(h)} conditionings x {num_per_condition})")
+        model_fn = classifier_free(self.unet, guidance)
         autocast_dtype = announce(resolve_precision(precision, self.device)).autocast_dtype
         out = []
         for start in range(0, len(feat), batch_size):
             stop = start + batch_size
             with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 out.append(sample(
-                    self.diffusion, denoiser, (min(stop, len(feat)) - start, *shape[1:]),
-                    sampler=sampler, steps=steps, eta=eta, generator=generator,
-                    noise=noise[start:stop].to(self.device), progress=progress, feat=feat[start:stop],
+                    self.diffusion, model_fn, noise[start:stop].to(self.device), sampler=sampler, steps=steps,
+                    generator=generator, cond={"feat": feat[start:stop]}, callback=callback, progress=progress,
+                    **options,
                 ).float())
         return torch.cat(out)

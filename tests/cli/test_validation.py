@@ -19,10 +19,10 @@ def test_rules_name_the_setting_and_what_it_accepts():
     cfg = compose_config("sample", "ckpt=a.ckpt", "images=b", "n=-3")
     with pytest.raises(RCDMError, match=r"^n=-3 is not allowed: use an integer >= 1$"):
         check(cfg, [integer("n")])
-    with pytest.raises(RCDMError, match=r"^guidance=1\.0 is not allowed: use a number > 2 \(e\.g\. 3\)$"):
-        check(cfg, [number("guidance", above=2, example="3")])
-    with pytest.raises(RCDMError, match=r"sampler='ddpm' is not allowed: use one of ddim \(or null\)"):
-        check(cfg, [one_of("sampler", ["ddim"], optional=True)])
+    with pytest.raises(RCDMError, match=r"^sampling\.guidance=1\.0 is not allowed: use a number > 2 \(e\.g\. 3\)$"):
+        check(cfg, [number("sampling.guidance", above=2, example="3")])
+    with pytest.raises(RCDMError, match=r"sampling\.sampler='ddpm' is not allowed: use one of ddim \(or null\)"):
+        check(cfg, [one_of("sampling.sampler", ["ddim"], optional=True)])
     check(cfg, [integer("not.a.setting"), Rule("ckpt", lambda v: v == "a.ckpt", "a.ckpt")])   # absent: skipped
 
 
@@ -49,10 +49,12 @@ def test_every_shipped_config_passes_its_own_checks(config_name, overrides):
     ("train", ["trainer.max_steps=2.5"], "trainer.max_steps=2.5 is not allowed: use an integer >= 1"),
     ("train", ["encoder.input_norm=imagenet"], "encoder.input_norm='imagenet' is not allowed: use one of native, "
                                                "official"),
-    ("train", ["callbacks.preview.sampler=euler"], "callbacks.preview.sampler='euler' is not allowed: use one of "
-                                                   "ddpm, ddim"),
-    ("demo", ["demo.steps=0"], "demo.steps=0: timestep spacing 0 asks for 0 steps"),
-    ("sample", ["ckpt=x", "images=y", "sampler=ddpm", "eta=0.5"], "eta=0.5 only applies to sampler='ddim'"),
+    ("train", ["sampling.sampler=euler"], "sampling.sampler='euler' is not allowed: use one of ddpm, ddim"),
+    ("demo", ["sampling.steps=0"], "sampling.steps=0: timestep spacing 0 asks for 0 steps"),
+    ("sample", ["ckpt=x", "images=y", "sampling.sampler=ddpm", "sampling.eta=0.5"],
+     "eta=0.5 only applies to sampler='ddim'"),
+    ("eval", ["ckpt=x", "sampling.eta=2"], "sampling: DDIM eta must lie in [0, 1]"),
+    ("figure", ["ckpt=x", "+sampling.etta=0.5"], "sampling: sampler 'ddim' has no option 'etta'; did you mean 'eta'?"),
     ("sample", ["ckpt=x", "images=y", "device=gpu0"], "device='gpu0' is not allowed: use auto, cpu, cuda"),
     ("eval", ["ckpt=x", "metric.faithfulness.samples_per_conditioning=0"],
      "metric.faithfulness.samples_per_conditioning=0 is not allowed: use an integer >= 1"),
@@ -88,3 +90,22 @@ def test_train_with_an_unreadable_learning_rate_renders_and_caches_nothing(tmp_p
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "model.optimizer.lr='abc' is not allowed" in result.stderr
     assert "caching" not in result.stderr + result.stdout and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("command, old, new", [
+    ("sample", "steps=100", "sampling.steps=100"),
+    ("sample", "+eta=0.5", "sampling.eta=0.5"),
+    ("train", "callbacks.preview.sampler=ddpm", "sampling.sampler=ddpm"),
+    ("demo", "demo.guidance=4", "sampling.guidance=4"),
+])
+def test_an_old_sampling_spelling_fails_in_one_line_naming_the_new_one(command, old, new, monkeypatch, capsys):
+    import importlib
+    import sys
+
+    main = importlib.import_module(f"rcdm_lab.cli.{command}").main
+    monkeypatch.setattr(sys, "argv", [f"rcdm-{command}", "ckpt=x", old])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    key = old.lstrip("+").partition("=")[0]
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {key}= has moved: use {new}"]

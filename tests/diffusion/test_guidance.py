@@ -10,7 +10,7 @@ B, C = 3, 2
 def toy_unet(calls: list):
     """Reads drop_cond like the UNet: eps and v differ between conditional and null rows."""
 
-    def denoiser(x, t, *, feat, drop_cond=None, flag=None):
+    def model_fn(x, t, *, feat, drop_cond=None, flag=None):
         calls.append({"x": x, "t": t, "feat": feat, "drop_cond": drop_cond, "flag": flag})
         drop = torch.zeros(x.shape[0], dtype=torch.bool) if drop_cond is None else drop_cond
         drop = drop.view(-1, 1, 1, 1)
@@ -19,7 +19,7 @@ def toy_unet(calls: list):
         v = torch.where(drop, torch.full_like(x, -0.75), torch.full_like(x, 0.25))
         return torch.cat([eps, v], dim=1)
 
-    return denoiser
+    return model_fn
 
 
 def inputs():
@@ -27,9 +27,9 @@ def inputs():
     return torch.randn(B, C, 2, 2, generator=g), torch.tensor([5, 10, 999]), torch.randn(B, 4, generator=g)
 
 
-def test_scale_one_is_the_plain_denoiser():
-    denoiser = toy_unet([])
-    assert classifier_free(denoiser, 1.0) is denoiser
+def test_scale_one_is_the_plain_model_fn():
+    model_fn = toy_unet([])
+    assert classifier_free(model_fn, 1.0) is model_fn
 
 
 @pytest.mark.parametrize("scale", [0.0, 3.0, -0.5])
@@ -56,8 +56,10 @@ def test_scale_one_sampling_matches_unguided_sampling():
     diffusion = build_diffusion("linear", 1000)
     x, _, feat = inputs()
 
-    def run(denoiser):
-        return sample(diffusion, denoiser, x.shape, steps=5, generator=torch.Generator().manual_seed(1), feat=feat)
+    def run(model_fn):
+        generator = torch.Generator().manual_seed(1)
+        noise = torch.randn(x.shape, generator=generator)
+        return sample(diffusion, model_fn, noise, steps=5, generator=generator, cond={"feat": feat})
 
     assert torch.equal(run(classifier_free(toy_unet([]), 1.0)), run(toy_unet([])))
     assert not torch.allclose(run(classifier_free(toy_unet([]), 2.0)), run(toy_unet([])))

@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from rcdm_lab.diffusion import GaussianDiffusion, build_diffusion, ddim_sample, ddpm_sample, sample
+from rcdm_lab.diffusion import (
+    GaussianDiffusion,
+    build_diffusion,
+    check_sampler_options,
+    ddim_sample,
+    ddpm_sample,
+    sample,
+)
 from rcdm_lab.errors import RCDMError
 
 SHAPE = (2, 3, 4, 4)
@@ -16,29 +23,29 @@ def alpha_bar_at(diffusion: GaussianDiffusion, t_model: torch.Tensor, like: torc
     return diffusion.alphas_cumprod.to(like.dtype)[t_model].view(-1, *[1] * (like.ndim - 1))
 
 
-def one_image_denoiser(diffusion: GaussianDiffusion, target: torch.Tensor):
+def one_image_model(diffusion: GaussianDiffusion, target: torch.Tensor):
     """The exact eps-predictor for a data set holding the single image `target` (original step indices)."""
 
-    def denoiser(x, t_model, **cond):
+    def model_fn(x, t_model, **cond):
         ab = alpha_bar_at(diffusion, t_model, x)
         eps = (x - ab.sqrt() * target) / (1 - ab).sqrt()
         return torch.cat([eps, torch.zeros_like(eps)], dim=1)
 
-    return denoiser
+    return model_fn
 
 
-def gaussian_data_denoiser(diffusion: GaussianDiffusion, data_std: float):
+def gaussian_data_model(diffusion: GaussianDiffusion, data_std: float):
     """The exact E[eps | x_t] when the data are N(0, data_std^2)."""
 
-    def denoiser(x, t_model, **cond):
+    def model_fn(x, t_model, **cond):
         ab = alpha_bar_at(diffusion, t_model, x)
         eps = (1 - ab).sqrt() * x / (ab * data_std**2 + 1 - ab)
         return torch.cat([eps, torch.zeros_like(eps)], dim=1)
 
-    return denoiser
+    return model_fn
 
 
-def zero_denoiser(x, t_model, **cond):
+def zero_model(x, t_model, **cond):
     return torch.zeros(x.shape[0], 2 * x.shape[1], *x.shape[2:], dtype=x.dtype)
 
 
@@ -46,42 +53,51 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def x_T_and_generator(seed: int, shape=SHAPE) -> tuple[torch.Tensor, torch.Generator]:
+    """x_T drawn from a seeded generator that then goes on to the sampler, as RCDMPipeline.sample does."""
+    generator = seeded(seed)
+    return torch.randn(shape, generator=generator), generator
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 @pytest.mark.parametrize("steps", [10, "ddim25"])
 def test_perfect_denoiser_of_one_image_returns_that_image(diffusion, sampler, steps):
     target = torch.rand(SHAPE, generator=seeded(0)) * 1.6 - 0.8
+    noise, generator = x_T_and_generator(1)
     x = sample(
         diffusion,
-        one_image_denoiser(diffusion, target),
-        SHAPE,
+        one_image_model(diffusion, target),
+        noise,
         sampler=sampler,
         steps=steps,
-        generator=seeded(1),
+        generator=generator,
     )
     torch.testing.assert_close(x, target, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0)])
-def test_samples_of_gaussian_data_have_the_data_std(diffusion, sampler, eta):
+@pytest.mark.parametrize("sampler, options", [("ddpm", {}), ("ddim", {"eta": 0.0}), ("ddim", {"eta": 1.0})])
+def test_samples_of_gaussian_data_have_the_data_std(diffusion, sampler, options):
     data_std = 0.5
+    noise, generator = x_T_and_generator(2, (2048, 1, 1, 1))
     x = sample(
         diffusion,
-        gaussian_data_denoiser(diffusion, data_std),
-        (2048, 1, 1, 1),
+        gaussian_data_model(diffusion, data_std),
+        noise,
         sampler=sampler,
         steps=100,
-        eta=eta,
-        generator=seeded(2),
+        generator=generator,
         clip_denoised=False,
+        **options,
     )
     assert abs(x.mean().item()) < 0.03
     assert x.std().item() == pytest.approx(data_std, rel=0.1)
 
 
-@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 0.5)])
-def test_same_seed_same_samples_different_seed_different(diffusion, sampler, eta):
+@pytest.mark.parametrize("sampler, options", [("ddpm", {}), ("ddim", {"eta": 0.5})])
+def test_same_seed_same_samples_different_seed_different(diffusion, sampler, options):
     def run(seed):
-        return sample(diffusion, zero_denoiser, SHAPE, sampler=sampler, steps=10, eta=eta, generator=seeded(seed))
+        noise, generator = x_T_and_generator(seed)
+        return sample(diffusion, zero_model, noise, sampler=sampler, steps=10, generator=generator, **options)
 
     assert torch.equal(run(3), run(3))
     assert not torch.allclose(run(3), run(4))
@@ -90,10 +106,10 @@ def test_same_seed_same_samples_different_seed_different(diffusion, sampler, eta
 def test_ddim_eta0_is_deterministic_given_x_T(diffusion):
     noise = torch.randn(SHAPE, generator=seeded(5))
     respaced = diffusion.respace(10)
-    first = ddim_sample(respaced, zero_denoiser, SHAPE, noise=noise, generator=seeded(6))
-    second = ddim_sample(respaced, zero_denoiser, SHAPE, noise=noise, generator=seeded(7))
+    first = ddim_sample(respaced, zero_model, noise, generator=seeded(6), cond={})
+    second = ddim_sample(respaced, zero_model, noise, generator=seeded(7), cond={})
     assert torch.equal(first, second)
-    stochastic = ddim_sample(respaced, zero_denoiser, SHAPE, eta=1.0, noise=noise, generator=seeded(6))
+    stochastic = ddim_sample(respaced, zero_model, noise, eta=1.0, generator=seeded(6), cond={})
     assert not torch.allclose(first, stochastic)
 
 
@@ -105,7 +121,7 @@ def test_ddim_eta0_follows_the_ddim_update_with_clipped_x0(diffusion):
     def constant_eps(x, t_model, **cond):
         return torch.cat([torch.full_like(x, 0.3), torch.zeros_like(x)], dim=1)
 
-    got = ddim_sample(respaced, constant_eps, SHAPE, noise=x_T)
+    got = ddim_sample(respaced, constant_eps, x_T, generator=None, cond={})
 
     kept = respaced.timestep_map.tolist()
     alpha_bar = [diffusion.alphas_cumprod[k].item() for k in kept]
@@ -122,8 +138,8 @@ def test_ddim_eta0_follows_the_ddim_update_with_clipped_x0(diffusion):
 def test_ddpm_uses_noise_as_x_T(diffusion):
     respaced = diffusion.respace(5)
     noise = torch.randn(SHAPE, generator=seeded(8))
-    same = [ddpm_sample(respaced, zero_denoiser, SHAPE, noise=noise, generator=seeded(9)) for _ in range(2)]
-    other = ddpm_sample(respaced, zero_denoiser, SHAPE, noise=noise * -1, generator=seeded(9))
+    same = [ddpm_sample(respaced, zero_model, noise, generator=seeded(9), cond={}) for _ in range(2)]
+    other = ddpm_sample(respaced, zero_model, noise * -1, generator=seeded(9), cond={})
     assert torch.equal(same[0], same[1]) and not torch.allclose(same[0], other)
 
 
@@ -134,9 +150,9 @@ def test_denoiser_sees_original_steps_and_untouched_conditioning(diffusion, samp
 
     def recording(x, t_model, **cond):
         calls.append((t_model.clone(), cond))
-        return zero_denoiser(x, t_model)
+        return zero_model(x, t_model)
 
-    sample(diffusion, recording, SHAPE, sampler=sampler, steps=10, feat=feature, tag="hello", dtype=torch.float32)
+    sample(diffusion, recording, torch.randn(SHAPE), sampler=sampler, steps=10, cond={"feat": feature, "tag": "hello"})
     kept = diffusion.respace(10).timestep_map.tolist()
     assert [t.tolist() for t, _ in calls] == [[step] * SHAPE[0] for step in reversed(kept)]
     assert all(t.dtype == torch.long for t, _ in calls)
@@ -144,35 +160,75 @@ def test_denoiser_sees_original_steps_and_untouched_conditioning(diffusion, samp
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("name", ["noise", "device", "generator", "steps"])
+def test_a_conditioning_named_like_an_option_reaches_the_model(diffusion, sampler, name):
+    seen = []
+
+    def recording(x, t_model, **cond):
+        seen.append(cond)
+        return zero_model(x, t_model)
+
+    value = torch.full((SHAPE[0], 2), 7.0)
+    sample(diffusion, recording, torch.randn(SHAPE), sampler=sampler, steps=3, cond={name: value})
+    assert len(seen) == 3 and all(set(cond) == {name} and cond[name] is value for cond in seen)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_the_callback_sees_every_step_once_with_its_t(diffusion, sampler):
+    steps = []
+    noise, generator = x_T_and_generator(12)
+    final = sample(diffusion, zero_model, noise, sampler=sampler, steps=4, generator=generator,
+                   callback=steps.append)
+    kept = diffusion.respace(4).timestep_map.tolist()
+    assert [step.i for step in steps] == [0, 1, 2, 3]
+    assert [step.t for step in steps] == list(reversed(kept)) == [999, 666, 333, 0]
+    assert torch.equal(steps[0].x, noise)   # the first step starts from x_T
+    assert all(step.pred_xstart.shape == SHAPE and step.pred_xstart.abs().max() <= 1 for step in steps)
+    # The last step of both samplers returns its (clipped) x_0 prediction.
+    assert torch.equal(final, steps[-1].pred_xstart)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_progress_bar_does_not_change_the_samples(diffusion, sampler):
     def run(progress):
+        noise, generator = x_T_and_generator(10)
         return sample(
-            diffusion, zero_denoiser, SHAPE, sampler=sampler, steps=5, generator=seeded(10), progress=progress
+            diffusion, zero_model, noise, sampler=sampler, steps=5, generator=generator, progress=progress
         )
 
     assert torch.equal(run(True), run(False))
 
 
-def test_device_and_dtype_follow_noise_or_the_keywords(diffusion):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_samples_have_the_dtype_of_the_noise(diffusion, dtype):
     respaced = diffusion.respace(3)
-    noise = torch.randn(SHAPE, dtype=torch.float64)
-    assert ddpm_sample(respaced, zero_denoiser, SHAPE, noise=noise).dtype == torch.float64
-    assert ddim_sample(respaced, zero_denoiser, SHAPE, dtype=torch.float64).dtype == torch.float64
-    assert ddim_sample(respaced, zero_denoiser, SHAPE).dtype == torch.float32
+    noise = torch.randn(SHAPE, dtype=dtype)
+    assert ddpm_sample(respaced, zero_model, noise, generator=None, cond={}).dtype == dtype
+    assert ddim_sample(respaced, zero_model, noise, generator=None, cond={}).dtype == dtype
 
 
 def test_bad_requests_name_the_fix(diffusion):
+    noise = torch.randn(SHAPE)
     with pytest.raises(RCDMError, match="did you mean 'ddpm'"):
-        sample(diffusion, zero_denoiser, SHAPE, sampler="ddmp")
+        sample(diffusion, zero_model, noise, sampler="ddmp")
     with pytest.raises(RCDMError, match="cannot read timestep spacing"):
-        sample(diffusion, zero_denoiser, SHAPE, steps="fast")
+        sample(diffusion, zero_model, noise, steps="fast")
     with pytest.raises(RCDMError, match="cannot keep 2000"):
-        sample(diffusion, zero_denoiser, SHAPE, steps=2000)
+        sample(diffusion, zero_model, noise, steps=2000)
     with pytest.raises(RCDMError, match="only applies to sampler='ddim'"):
-        sample(diffusion, zero_denoiser, SHAPE, sampler="ddpm", eta=0.5)
+        sample(diffusion, zero_model, noise, sampler="ddpm", eta=0.5)
     with pytest.raises(RCDMError, match=r"eta must lie in \[0, 1\]"):
-        sample(diffusion, zero_denoiser, SHAPE, sampler="ddim", eta=1.5)
-    with pytest.raises(RCDMError, match="noise has shape"):
-        sample(diffusion, zero_denoiser, SHAPE, noise=torch.zeros(1, 3, 4, 4))
+        sample(diffusion, zero_model, noise, sampler="ddim", eta=1.5)
     with pytest.raises(RCDMError, match="already respaced"):
-        sample(diffusion.respace(50), zero_denoiser, SHAPE, steps=10)
+        sample(diffusion.respace(50), zero_model, noise, steps=10)
+
+
+def test_an_option_the_sampler_does_not_take_is_refused_naming_what_it_takes(diffusion):
+    noise = torch.randn(SHAPE)
+    with pytest.raises(RCDMError, match=r"^sampler 'ddim' has no option 'etta'; did you mean 'eta'\? "
+                                        r"It takes: eta, clip_denoised$"):
+        sample(diffusion, zero_model, noise, sampler="ddim", etta=0.5)
+    with pytest.raises(RCDMError, match=r"^eta=0\.5 only applies to sampler='ddim'; sampler 'ddpm' takes: "
+                                        r"clip_denoised$"):
+        check_sampler_options("ddpm", {"eta": 0.5})
+    check_sampler_options("ddpm", {"eta": None})   # None: the sampler's default, so one block can list eta

@@ -29,7 +29,7 @@ def test_rcdm_sample_accepts_an_official_checkpoint(tmp_path):
     flags = [f"official.flags.{k}='{v}'" if isinstance(v, str) else f"official.flags.{k}={v}"
              for k, v in TINY_OFFICIAL_FLAGS.items()]
     result = run_cli("rcdm-sample", f"ckpt=official:{tmp_path / 'rcdm_ema_tiny.pt'}", f"images={tmp_path / 'red.png'}",
-                     "n=2", "steps=2", f"out={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'h'}",
+                     "n=2", "sampling.steps=2", f"out={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'h'}",
                      *flags, "official.encoder.name=mobilenet_v2",
                      "official.encoder.input_size=32")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -76,8 +76,8 @@ def test_guidance_one_is_plain_conditional_sampling(trained_checkpoint):
     plain = pipeline.sample(h, 2, sampler="ddim", steps=3, guidance=1.0, seed=7, precision="32")
     generator = torch.Generator().manual_seed(7)
     noise = torch.randn(4, 3, 16, 16, generator=generator)
-    direct = sample(pipeline.diffusion, pipeline.unet, (4, 3, 16, 16), sampler="ddim", steps=3,
-                    generator=generator, noise=noise, feat=h.repeat_interleave(2, 0))
+    direct = sample(pipeline.diffusion, pipeline.unet, noise, sampler="ddim", steps=3,
+                    generator=generator, cond={"feat": h.repeat_interleave(2, 0)})
     assert torch.equal(plain, direct)
     assert torch.equal(plain, pipeline.sample(h, 2, sampler="ddim", steps=3, guidance=1.0, seed=7, precision="32"))
 
@@ -104,8 +104,8 @@ def test_rcdm_sample_on_any_images(trained_checkpoint, tmp_path):
     Image.fromarray(skimage.data.chelsea()).save(folder / "cat.jpg")           # 300 x 451 RGB photo
     Image.fromarray(skimage.data.camera()).save(folder / "camera.png")         # 512 x 512 grayscale
     out = tmp_path / "out"
-    result = run_cli("rcdm-sample", f"ckpt={trained_checkpoint}", f"images={folder}", "n=3", "steps=2",
-                     "sampler=ddim", f"out={out}", f"hydra.run.dir={tmp_path / 'hydra'}")
+    result = run_cli("rcdm-sample", f"ckpt={trained_checkpoint}", f"images={folder}", "n=3", "sampling.steps=2",
+                     "sampling.sampler=ddim", f"out={out}", f"hydra.run.dir={tmp_path / 'hydra'}")
     assert result.returncode == 0, result.stderr
     saved = torch.load(out / "samples.pt")
     assert saved["samples"].shape == (2, 3, 3, 16, 16)

@@ -6,7 +6,7 @@ import contextlib
 import netrc
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,17 @@ def renamed_figure_choice(argv: list[str]) -> str | None:
     return None
 
 
+def refuse_moved_overrides(argv: list[str], moved: Mapping[str, str]) -> None:
+    """An override of a setting that moved (`sampler=ddpm`) fails naming its new key (`sampling.sampler=ddpm`).
+
+    Hydra would only say that the old key is not in the config, in several lines.
+    """
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key in moved:
+            raise RCDMError(f"{key}= has moved: use {moved[key]}={value or '...'}")
+
+
 def check_conf_dir() -> None:
     if not (CONF_DIR / "train.yaml").is_file():
         print(f"error: config folder not found at {CONF_DIR}; install the project editable (make install) "
@@ -148,11 +159,12 @@ def check_conf_dir() -> None:
         sys.exit(2)
 
 
-def hydra_entry(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[[], None]:
+def hydra_entry(config_name: str, task: Callable[[DictConfig], Any],
+                moved: Mapping[str, str] | None = None) -> Callable[[], None]:
     """A console-script `main` running `task` as a Hydra app over conf/<config_name>.yaml.
 
-    Shared by every command: configs found, `resolution=64` spelled as its group option, user errors reported
-    as one line with exit status 2.
+    Shared by every command: configs found, `resolution=64` spelled as its group option, overrides of `moved`
+    settings (old key -> new key) refused naming the new key, user errors reported as one line with exit status 2.
     """
     register_resolvers()
 
@@ -163,11 +175,12 @@ def hydra_entry(config_name: str, task: Callable[[DictConfig], Any]) -> Callable
 
     def main() -> None:
         check_conf_dir()
+        with report_user_errors():
+            refuse_moved_overrides(sys.argv[1:], moved or {})
+            hint = renamed_figure_choice(sys.argv[1:])
+            if hint:
+                raise RCDMError(hint)
         sys.argv[1:] = spell_resolution_choices(sys.argv[1:])
-        hint = renamed_figure_choice(sys.argv[1:])
-        if hint:
-            print(f"error: {hint}", file=sys.stderr)
-            sys.exit(2)
         app()
 
     return main

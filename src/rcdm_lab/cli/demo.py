@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rcdm_lab.cli.common import hydra_entry
 from rcdm_lab.cli.train import train
+from rcdm_lab.cli.validation import moved_into_sampling
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.metrics.faithfulness import nearest_conditioning_accuracy
 from rcdm_lab.resize import resize_and_center_crop
@@ -41,15 +42,15 @@ def bundled_photos(names: list[str]) -> torch.Tensor:
 
 def evaluate(cfg: DictConfig, ckpt: Path) -> dict:
     demo = cfg.demo
+    sampling = OmegaConf.to_container(cfg.sampling, resolve=True)   # conf/sampling/ + the demo's delta
     trained = TrainedRun.load(ckpt)
     pipeline = trained.pipeline
     held_out = trained.val_items(demo.num_conditionings)
     k = demo.samples_per_conditioning
     results, guided = {}, None
-    for guidance in sorted({1.0, float(demo.guidance)}):
+    for guidance in sorted({1.0, float(sampling["guidance"])}):
         start = time.perf_counter()
-        samples = pipeline.sample(held_out["h"], k, sampler=demo.sampler, steps=demo.steps, guidance=guidance,
-                                  seed=cfg.seed, batch_size=demo.batch_size, progress=True)
+        samples = pipeline.sample(held_out["h"], k, **{**sampling, "guidance": guidance})
         sample_reps = pipeline.encode((samples + 1) / 2)
         score = nearest_conditioning_accuracy(sample_reps, held_out["h"], k)
         results[f"faithfulness_guidance_{guidance:g}"] = score
@@ -57,8 +58,7 @@ def evaluate(cfg: DictConfig, ckpt: Path) -> dict:
         print(f"faithfulness (guidance={guidance:g}): {score:.3f}   (chance {1 / len(held_out['h']):.3f})")
         guided = samples
     photos = bundled_photos(list(demo.photos))
-    photo_samples = pipeline.sample(pipeline.encode(photos), k, sampler=demo.sampler, steps=demo.steps,
-                                    guidance=float(demo.guidance), seed=cfg.seed, batch_size=demo.batch_size)
+    photo_samples = pipeline.sample(pipeline.encode(photos), k, **sampling)
     rows = torch.cat([resize_and_center_crop(held_out["image"], 224), photos])
     grid = conditioning_grid(rows, torch.cat([guided, photo_samples]))
     path = save_png(grid, Path(cfg.output_dir) / "samples.png", upscale=3)
@@ -89,7 +89,7 @@ def run(cfg: DictConfig) -> dict:
     return results
 
 
-main = hydra_entry("demo", run)
+main = hydra_entry("demo", run, moved=moved_into_sampling("demo.", "callbacks.preview."))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rcdm_lab.cli.common import hydra_entry, require_values
-from rcdm_lab.cli.validation import validate_sample
+from rcdm_lab.cli.validation import moved_into_sampling, validate_sample
 from rcdm_lab.data.folder import list_images, load_image
 from rcdm_lab.pipeline import RCDMPipeline
 from rcdm_lab.resize import resize_and_center_crop
@@ -45,9 +45,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     size = pipeline.encoder.input_size
     encoder_inputs = torch.cat([resize_and_center_crop(load_image(p)[None], size) for p in paths])
     reps = pipeline.encode(encoder_inputs)
-    samples = pipeline.sample(reps, cfg.n, sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance,
-                              eta=cfg.eta, seed=cfg.seed, batch_size=cfg.batch_size, precision=cfg.precision,
-                              progress=True)
+    sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
+    samples = pipeline.sample(reps, cfg.n, **sampling)
     out = Path(cfg.out)
     grid_path = save_png(conditioning_grid(encoder_inputs, samples), out / "samples.png",
                          upscale=max(1, 128 // pipeline.resolution))
@@ -59,13 +58,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "settings": OmegaConf.to_container(cfg, resolve=True),
     }, tensors_path)
     (out / "samples.json").write_text(json.dumps({"ckpt": str(cfg.ckpt), "images": [str(p) for p in paths],
-                                                  "n": cfg.n, "sampler": cfg.sampler, "steps": cfg.steps,
-                                                  "guidance": cfg.guidance, "seed": cfg.seed}, indent=2))
+                                                  "n": cfg.n, "sampler": sampling["sampler"],
+                                                  "steps": sampling["steps"], "guidance": sampling["guidance"],
+                                                  "seed": sampling["seed"]}, indent=2))
     print(f"rcdm-sample: {len(paths)} image(s) x {cfg.n} samples -> {grid_path} and {tensors_path}")
     return {"grid": grid_path, "tensors": tensors_path}
 
 
-main = hydra_entry("sample", run)
+main = hydra_entry("sample", run, moved=moved_into_sampling(""))
 
 if __name__ == "__main__":
     sys.exit(main())

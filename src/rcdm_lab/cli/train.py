@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rcdm_lab.cli.common import hydra_entry, require_values
 from rcdm_lab.cli.experiment_runs import declared_runs
-from rcdm_lab.cli.validation import validate_train
+from rcdm_lab.cli.validation import moved_into_sampling, validate_train
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.precision import announce, resolve_precision, trainer_device
 from rcdm_lab.training.checkpoint_io import AtomicCheckpointIO
@@ -132,7 +132,7 @@ def train(cfg: DictConfig) -> Path:
     return last
 
 
-main = hydra_entry("train", train)
+main = hydra_entry("train", train, moved=moved_into_sampling("callbacks.preview."))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,15 +6,18 @@ typed `Settings` (rcdm_lab.figures), so a new figure or metric is checked withou
 
 from __future__ import annotations
 
-import torch
-from omegaconf import DictConfig, OmegaConf
+import inspect
 
-from rcdm_lab.diffusion.samplers import KNOWN_SAMPLERS, check_sampler_options
+import torch
+from omegaconf import DictConfig
+
+from rcdm_lab.diffusion.samplers import SAMPLERS, check_sampler_options
 from rcdm_lab.diffusion.schedules import KNOWN_SCHEDULES, check_spacing
 from rcdm_lab.encoders.frozen import INPUT_NORMS
 from rcdm_lab.encoders.registry import LAYERS
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.models.unet import COND_MODES
+from rcdm_lab.pipeline import RCDMPipeline
 from rcdm_lab.precision import CHOICES as PRECISIONS
 from rcdm_lab.precision import normalise_precision
 from rcdm_lab.settings import Rule, check, flag, integer, number, one_of, satisfies
@@ -30,27 +33,42 @@ def _devices(value: object) -> None:
         raise ValueError(value)
 
 
-def sampling_rules(prefix: str = "") -> list[Rule]:
-    """What `RCDMPipeline.sample` reads, for a block at `prefix` ("sampling." in eval/figure, "" in rcdm-sample)."""
+# A `sampling` block (conf/sampling/) is RCDMPipeline.sample's keywords; its other keys are the sampler's options.
+PIPELINE_SAMPLING_KEYWORDS = tuple(parameter.name for parameter in inspect.signature(RCDMPipeline.sample).parameters
+                                   .values() if parameter.kind is inspect.Parameter.KEYWORD_ONLY)
+# The settings that commands once read outside a `sampling` block (rcdm-sample's top level, demo., preview).
+_MOVED_SAMPLING_SETTINGS = ("sampler", "steps", "eta", "guidance", "seed", "batch_size", "precision")
+
+
+def moved_into_sampling(*old_prefixes: str) -> dict[str, str]:
+    """Where the sampling settings once spelled `<prefix>steps` (`steps=`, `demo.steps=`) live now: `sampling.`."""
+    return {f"{prefix}{key}": f"sampling.{key}" for prefix in old_prefixes for key in _MOVED_SAMPLING_SETTINGS}
+
+
+def sampling_rules() -> list[Rule]:
+    """What `RCDMPipeline.sample` reads from the `sampling` block (built per check: samplers register at import)."""
     return [
-        one_of(f"{prefix}sampler", KNOWN_SAMPLERS),
-        satisfies(f"{prefix}steps", check_spacing, "a step count >= 1, section counts '10,15,20' or 'ddimN'"),
-        number(f"{prefix}guidance", at_least=0, example="1 (plain) or 8"),
-        number(f"{prefix}eta", at_least=0, at_most=1),
-        integer(f"{prefix}seed", minimum=0),
-        integer(f"{prefix}batch_size"),
-        satisfies(f"{prefix}precision", normalise_precision, "one of " + ", ".join(PRECISIONS)),
+        one_of("sampling.sampler", SAMPLERS),
+        satisfies("sampling.steps", check_spacing, "a step count >= 1, section counts '10,15,20' or 'ddimN'"),
+        number("sampling.guidance", at_least=0, example="1 (plain) or 8"),
+        integer("sampling.seed", minimum=0),
+        integer("sampling.batch_size"),
+        satisfies("sampling.precision", normalise_precision, "one of " + ", ".join(PRECISIONS)),
+        flag("sampling.progress"),
     ]
 
 
-def _sampler_options(cfg: DictConfig, prefix: str) -> None:
-    """The sampler's own check of its option combination (eta only for DDIM), run before any work."""
-    block = OmegaConf.select(cfg, prefix.rstrip(".")) if prefix else cfg
-    if block is not None and "sampler" in block:
-        try:
-            check_sampler_options(block.sampler, block.get("eta", 0.0))
-        except RCDMError as error:
-            raise RCDMError(f"{prefix.rstrip('.')}: {error}" if prefix else str(error)) from None
+def check_sampling(cfg: DictConfig) -> None:
+    """The `sampling` block's settings, then the chosen sampler's own check of its options (e.g. DDIM's eta)."""
+    check(cfg, sampling_rules())
+    block = cfg.get("sampling")
+    if block is None:
+        return
+    options = {key: value for key, value in block.items() if key not in PIPELINE_SAMPLING_KEYWORDS}
+    try:
+        check_sampler_options(block.sampler, options)
+    except RCDMError as error:
+        raise RCDMError(f"sampling: {error}") from None
 
 
 TRAIN_RULES: list[Rule] = [
@@ -100,21 +118,17 @@ TRAIN_RULES: list[Rule] = [
     integer("callbacks.preview.every_n_steps", minimum=0),
     integer("callbacks.preview.num_conditionings"),
     integer("callbacks.preview.samples_per_conditioning"),
-    *sampling_rules("callbacks.preview."),
-    # rcdm-demo's own block
+    # rcdm-demo's own block (its sampling is the `sampling` block)
     integer("demo.num_conditionings", minimum=2),
     integer("demo.samples_per_conditioning"),
-    *sampling_rules("demo."),
 ]
 
 SAMPLE_RULES: list[Rule] = [
     integer("n"),
-    *sampling_rules(),
     satisfies("device", _device, "auto, cpu, cuda or cuda:<index>"),
 ]
 
 _SHARED_EVAL_RULES: list[Rule] = [
-    *sampling_rules("sampling."),
     satisfies("device", _device, "auto, cpu, cuda or cuda:<index>"),
 ]
 
@@ -134,13 +148,12 @@ def validate_probe(cfg: DictConfig) -> None:
 
 def validate_train(cfg: DictConfig) -> None:
     check(cfg, TRAIN_RULES)
-    _sampler_options(cfg, "callbacks.preview.")
-    _sampler_options(cfg, "demo.")
+    check_sampling(cfg)
 
 
 def validate_sample(cfg: DictConfig) -> None:
     check(cfg, SAMPLE_RULES)
-    _sampler_options(cfg, "")
+    check_sampling(cfg)
 
 
 def validate_eval(cfg: DictConfig) -> None:
@@ -151,10 +164,10 @@ def validate_eval(cfg: DictConfig) -> None:
         if name in METRICS:
             rules += [rule.under(f"metric.{name}.") for rule in getattr(METRICS[name], "RULES", [])]
     check(cfg, rules)
-    _sampler_options(cfg, "sampling.")
+    check_sampling(cfg)
 
 
 def validate_figure(cfg: DictConfig) -> None:
     """rcdm-figure's own settings; the `figure:` block is checked by its kind's Settings (rcdm_lab.figures)."""
     check(cfg, [*_SHARED_EVAL_RULES, integer("seed", minimum=0)])
-    _sampler_options(cfg, "sampling.")
+    check_sampling(cfg)

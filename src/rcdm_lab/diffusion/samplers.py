@@ -1,63 +1,183 @@
-"""Ancestral DDPM and DDIM sampling as pure functions of a diffusion and a denoiser callable.
+"""Samplers: one registry, one signature. DDPM (ancestral) and DDIM are registered here; a new one is one function.
 
-A denoiser is `denoiser(x_t, t_model, **cond) -> raw network output`, called with the ORIGINAL step indices
-(`diffusion.model_timesteps(t)`) and the conditioning keyword arguments untouched.
+Every sampler is `fn(diffusion, model_fn, noise, *, generator, cond, callback=None, progress=False, **options)`:
+
+- `diffusion` is the (respaced) process to walk backwards through, every one of its steps;
+- `model_fn(x_t, t_model, **cond)` returns the network's raw output (eps, plus the variance channels with learned
+  sigma), called with the ORIGINAL step indices (`diffusion.model_timesteps(t)`) and `cond` untouched;
+- `noise` is x_T: its shape, device and dtype are the samples';
+- `cond` is the conditioning, in its own mapping so that no conditioning name can be mistaken for an option;
+- `callback(StepInfo)` is called once per step; `progress` shows a progress bar;
+- the keyword-only parameters after those are the sampler's own options (with defaults): `register_sampler` reads
+  them from the signature, so `sample()` refuses an option the chosen sampler does not take.
 """
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Iterable, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from rcdm_lab.diffusion.gaussian import GaussianDiffusion
+from rcdm_lab.diffusion.schedules import _did_you_mean
 from rcdm_lab.errors import RCDMError
 
-Denoiser = Callable[..., Tensor]
-KNOWN_SAMPLERS = ("ddpm", "ddim")
+ModelOutputFn = Callable[..., Tensor]
+"""`model_fn(x_t, t_model, **cond) -> raw network output` (not x̂0: the sampler derives that from the output)."""
 
 
-def _initial_noise(
-    shape: Sequence[int],
-    noise: Tensor | None,
-    generator: torch.Generator | None,
-    device: torch.device | str | None,
-    dtype: torch.dtype | None,
+@dataclass(frozen=True)
+class StepInfo:
+    """What a step callback sees, once per step, before x moves on to x_{t-1}."""
+
+    i: int                # 0 for the first (noisiest) step, up to the number of steps - 1
+    t: int                # the step in the original schedule: what the network was conditioned on
+    x: Tensor             # x_t, the samples entering this step
+    pred_xstart: Tensor   # the step's prediction of x_0 (clipped to [-1, 1] when the sampler clips)
+
+
+StepCallback = Callable[[StepInfo], None]
+
+
+class SamplerFn(Protocol):
+    def __call__(self, diffusion: GaussianDiffusion, model_fn: ModelOutputFn, noise: Tensor, *,
+                 generator: torch.Generator | None, cond: Mapping[str, Any], callback: StepCallback | None = None,
+                 progress: bool = False, **options: Any) -> Tensor: ...
+
+
+# The keyword parameters every sampler takes; the other keyword-only ones are its options.
+_SHARED_PARAMETERS = frozenset({"generator", "cond", "callback", "progress"})
+
+
+@dataclass(frozen=True)
+class RegisteredSampler:
+    name: str
+    fn: SamplerFn
+    defaults: Mapping[str, Any]                          # its options and their defaults
+    check: Callable[..., None] | None = None             # check(**options) raises RCDMError on a bad value
+
+    def options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """`given` checked against what this sampler takes; None means "the sampler's default" and is dropped."""
+        given = {name: value for name, value in given.items() if value is not None}
+        for name, value in given.items():
+            if name not in self.defaults:
+                raise RCDMError(_not_an_option(self, name, value))
+        if self.check is not None:
+            self.check(**{**self.defaults, **given})
+        return given
+
+
+SAMPLERS: dict[str, RegisteredSampler] = {}
+
+
+def register_sampler(name: str, *, check: Callable[..., None] | None = None) -> Callable[[SamplerFn], SamplerFn]:
+    """Decorator: make `fn` the sampler `name` (`sample(sampler=name)`, `sampling.sampler=name`).
+
+    Its keyword-only parameters beyond generator/cond/callback/progress are its options and need defaults;
+    `check(**options)` validates their values (also before a command starts). The function runs without autograd.
+    """
+
+    def register(fn: SamplerFn) -> SamplerFn:
+        if name in SAMPLERS:
+            raise ValueError(f"a sampler named {name!r} is already registered ({SAMPLERS[name].fn.__qualname__})")
+        parameters = inspect.signature(fn).parameters.values()
+        defaults = {p.name: p.default for p in parameters
+                    if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _SHARED_PARAMETERS}
+        missing = [option for option, default in defaults.items() if default is inspect.Parameter.empty]
+        if missing:
+            raise TypeError(f"sampler {name!r}: options need defaults, {', '.join(missing)} has none")
+        without_grad = torch.no_grad()(fn)
+        SAMPLERS[name] = RegisteredSampler(name, without_grad, defaults, check)
+        return without_grad
+
+    return register
+
+
+def registered_sampler(name: str) -> RegisteredSampler:
+    """The sampler called `name`, or an RCDMError with the closest registered name."""
+    if name not in SAMPLERS:
+        raise RCDMError(f"unknown sampler {name!r}; {_did_you_mean(str(name), list(SAMPLERS))}"
+                        f"Known: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def check_sampler_options(sampler: str, options: Mapping[str, Any]) -> None:
+    """RCDMError for an unknown sampler or an option it does not take (also checked before a command starts)."""
+    registered_sampler(sampler).options(options)
+
+
+def _not_an_option(sampler: RegisteredSampler, name: str, value: Any) -> str:
+    takes = ", ".join(sampler.defaults) or "no options"
+    others = [other for other in SAMPLERS.values() if name in other.defaults]
+    if others:
+        where = " or ".join(f"sampler={other.name!r}" for other in others)
+        return f"{name}={value!r} only applies to {where}; sampler {sampler.name!r} takes: {takes}"
+    return f"sampler {sampler.name!r} has no option {name!r}; {_did_you_mean(name, list(sampler.defaults))}" \
+           f"It takes: {takes}"
+
+
+def sample(
+    diffusion: GaussianDiffusion,
+    model_fn: ModelOutputFn,
+    noise: Tensor,
+    *,
+    sampler: str = "ddpm",
+    steps: int | str = 100,
+    generator: torch.Generator | None = None,
+    cond: Mapping[str, Any] | None = None,
+    callback: StepCallback | None = None,
+    progress: bool = False,
+    **options: Any,
 ) -> Tensor:
-    if noise is not None:
-        if tuple(noise.shape) != tuple(shape):
-            raise RCDMError(f"noise has shape {tuple(noise.shape)} but samples of shape {tuple(shape)} were asked for")
-        return noise
-    return torch.randn(tuple(shape), generator=generator, device=device or "cpu", dtype=dtype or torch.float32)
+    """Respace the full-length `diffusion` to `steps` and run the registered `sampler` from x_T = `noise`.
+
+    `options` are the sampler's own (DDIM: eta; both: clip_denoised); one it does not take is refused.
+    """
+    chosen = registered_sampler(sampler)
+    checked = chosen.options(options)
+    return chosen.fn(diffusion.respace(steps), model_fn, noise, generator=generator, cond=cond or {},
+                     callback=callback, progress=progress, **checked)
 
 
-def _reverse_steps(diffusion: GaussianDiffusion, progress: bool, desc: str) -> Iterable[int]:
+# ------------------------------------------------------------------------------------------------ the samplers
+def reverse_steps(diffusion: GaussianDiffusion, progress: bool, desc: str) -> Iterable[int]:
+    """The steps of `diffusion` from the last (noisiest) to 0, behind a progress bar when asked."""
     steps = range(diffusion.num_timesteps - 1, -1, -1)
     return tqdm(steps, desc=desc, leave=False) if progress else steps
 
 
-@torch.no_grad()
+def _predict(diffusion: GaussianDiffusion, model_fn: ModelOutputFn, x: Tensor, i: int, cond: Mapping[str, Any],
+             clip_denoised: bool, callback: StepCallback | None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Step i's t (per batch item) and p(x_{t-1} | x_t); tells the callback."""
+    t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+    t_model = diffusion.model_timesteps(t)
+    out = diffusion.p_mean_variance(model_fn(x, t_model, **cond), x, t, clip_denoised)
+    if callback is not None:
+        callback(StepInfo(i=diffusion.num_timesteps - 1 - i, t=int(t_model[0]), x=x, pred_xstart=out["pred_xstart"]))
+    return t, out
+
+
+@register_sampler("ddpm")
 def ddpm_sample(
     diffusion: GaussianDiffusion,
-    denoiser: Denoiser,
-    shape: Sequence[int],
+    model_fn: ModelOutputFn,
+    noise: Tensor,
     *,
-    generator: torch.Generator | None = None,
-    noise: Tensor | None = None,
-    clip_denoised: bool = True,
+    generator: torch.Generator | None,
+    cond: Mapping[str, Any],
+    callback: StepCallback | None = None,
     progress: bool = False,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    **cond,
+    clip_denoised: bool = True,
 ) -> Tensor:
     """Ancestral sampling through every step of `diffusion` (respace it first for fewer steps)."""
-    x = _initial_noise(shape, noise, generator, device, dtype)
-    for i in _reverse_steps(diffusion, progress, "ddpm"):
-        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-        out = diffusion.p_mean_variance(denoiser(x, diffusion.model_timesteps(t), **cond), x, t, clip_denoised)
+    x = noise
+    for i in reverse_steps(diffusion, progress, "ddpm"):
+        _, out = _predict(diffusion, model_fn, x, i, cond, clip_denoised, callback)
         x_prev = out["mean"]
         if i > 0:  # the last step returns the mean: adding noise there would only blur x_0
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x_prev.dtype)
@@ -66,28 +186,28 @@ def ddpm_sample(
     return x
 
 
-@torch.no_grad()
+def _check_ddim_options(*, eta: float, **_other_options: Any) -> None:
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        raise RCDMError(f"DDIM eta must lie in [0, 1] (0 = deterministic, 1 = DDPM-like), got {eta!r}")
+
+
+@register_sampler("ddim", check=_check_ddim_options)
 def ddim_sample(
     diffusion: GaussianDiffusion,
-    denoiser: Denoiser,
-    shape: Sequence[int],
+    model_fn: ModelOutputFn,
+    noise: Tensor,
     *,
-    eta: float = 0.0,
-    generator: torch.Generator | None = None,
-    noise: Tensor | None = None,
-    clip_denoised: bool = True,
+    generator: torch.Generator | None,
+    cond: Mapping[str, Any],
+    callback: StepCallback | None = None,
     progress: bool = False,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    **cond,
+    eta: float = 0.0,
+    clip_denoised: bool = True,
 ) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12): eta = 0 is deterministic given x_T, eta = 1 is DDPM-like."""
-    if not 0.0 <= eta <= 1.0:
-        raise RCDMError(f"DDIM eta must lie in [0, 1] (0 = deterministic, 1 = DDPM-like), got {eta}")
-    x = _initial_noise(shape, noise, generator, device, dtype)
-    for i in _reverse_steps(diffusion, progress, "ddim"):
-        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-        out = diffusion.p_mean_variance(denoiser(x, diffusion.model_timesteps(t), **cond), x, t, clip_denoised)
+    x = noise
+    for i in reverse_steps(diffusion, progress, "ddim"):
+        t, out = _predict(diffusion, model_fn, x, i, cond, clip_denoised, callback)
         # Re-derive eps from the (possibly clipped) x_0 so both DDIM terms describe the same x_0.
         eps = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
         alpha_bar = diffusion.extract("alphas_cumprod", t, x)
@@ -99,45 +219,3 @@ def ddim_sample(
             x_prev = x_prev + sigma * z
         x = x_prev.to(x.dtype)
     return x
-
-
-def check_sampler_options(sampler: str, eta: float = 0.0) -> None:
-    """RCDMError for an unknown sampler or an option it does not take (also checked before a command starts)."""
-    if sampler not in KNOWN_SAMPLERS:
-        close = difflib.get_close_matches(str(sampler), KNOWN_SAMPLERS, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise RCDMError(f"unknown sampler {sampler!r}; {hint}Known: {', '.join(KNOWN_SAMPLERS)}")
-    if sampler == "ddpm" and eta != 0:
-        raise RCDMError(f"eta={eta} only applies to sampler='ddim'; set eta=0 or sampler='ddim'")
-
-
-def sample(
-    diffusion: GaussianDiffusion,
-    denoiser: Denoiser,
-    shape: Sequence[int],
-    *,
-    sampler: str = "ddpm",
-    steps: int | str = 100,
-    eta: float = 0.0,
-    generator: torch.Generator | None = None,
-    noise: Tensor | None = None,
-    clip_denoised: bool = True,
-    progress: bool = False,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    **cond,
-) -> Tensor:
-    """Respace the full-length `diffusion` to `steps` and run `sampler` ("ddpm" or "ddim") on it."""
-    check_sampler_options(sampler, eta)
-    respaced = diffusion.respace(steps)
-    options = dict(
-        generator=generator,
-        noise=noise,
-        clip_denoised=clip_denoised,
-        progress=progress,
-        device=device,
-        dtype=dtype,
-    )
-    if sampler == "ddim":
-        return ddim_sample(respaced, denoiser, shape, eta=eta, **options, **cond)
-    return ddpm_sample(respaced, denoiser, shape, **options, **cond)

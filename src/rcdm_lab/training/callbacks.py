@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
@@ -20,15 +22,14 @@ class SampleGridCallback(L.Callback):
     that is the logger. The conditionings and the noise are the same each time, so grids are comparable over steps.
     """
 
-    def __init__(self, every_n_steps: int = 1000, num_conditionings: int = 8, samples_per_conditioning: int = 4,
-                 sampler: str = "ddim", steps: int | str = 25, guidance: float = 1.0, seed: int = 0,
-                 output_dir: str | None = None, precision: str = "auto") -> None:
+    def __init__(self, *, sampling: Mapping[str, Any], every_n_steps: int = 1000, num_conditionings: int = 8,
+                 samples_per_conditioning: int = 4, output_dir: str | None = None) -> None:
+        """`sampling`: RCDMPipeline.sample settings (conf/sampling/; train.yaml passes its `sampling:` block)."""
         self.every_n_steps = every_n_steps
         self.num_conditionings = num_conditionings
         self.samples_per_conditioning = samples_per_conditioning
-        self.sampler, self.steps, self.guidance, self.seed = sampler, steps, guidance, seed
+        self.sampling = dict(sampling)
         self.output_dir = output_dir
-        self.precision = precision
         self._items: dict | None = None
         self._last_step = -1
 
@@ -47,11 +48,12 @@ class SampleGridCallback(L.Callback):
         if self._items is None:
             self._items = trainer.datamodule.val_items(self.num_conditionings)
         pipeline = pl_module.pipeline()
-        guidance = self.guidance if pipeline.supports_guidance else 1.0
+        sampling = dict(self.sampling)
+        if not pipeline.supports_guidance:
+            sampling["guidance"] = 1.0   # a model trained without condition dropout has no null representation
         was_training = pipeline.unet.training
         pipeline.unet.eval()  # Lightning keeps the whole module (the EMA copy too) in train mode: no dropout here
-        samples = pipeline.sample(self._items["h"], self.samples_per_conditioning, sampler=self.sampler,
-                                  steps=self.steps, guidance=guidance, seed=self.seed, precision=self.precision)
+        samples = pipeline.sample(self._items["h"], self.samples_per_conditioning, **sampling)
         pipeline.unet.train(was_training)
         grid = conditioning_grid(self._items["image"], samples)
         folder = Path(self.output_dir or trainer.default_root_dir) / "samples"

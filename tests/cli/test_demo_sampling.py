@@ -1,0 +1,48 @@
+"""rcdm-demo samples with the sampling group plus its own delta; every command reads the same group."""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from rcdm_testing import compose_config
+
+COMMANDS = {"train": [], "demo": [], "eval": ["ckpt=x"], "figure": ["ckpt=x"], "sample": ["ckpt=x", "images=y"]}
+
+
+def sampling_of(config_name: str, *overrides: str) -> dict:
+    return OmegaConf.to_container(compose_config(config_name, *COMMANDS[config_name], *overrides).sampling,
+                                  resolve=True)
+
+
+def test_a_sampling_default_lives_in_one_place():
+    # What no command changes is the same everywhere; what one changes is its documented delta.
+    shared = {"eta", "precision"}
+    values = {name: sampling_of(name) for name in COMMANDS}
+    assert all({k: v[k] for k in shared} == {"eta": None, "precision": "auto"} for v in values.values())
+    assert {k: values["demo"][k] for k in ("sampler", "steps", "guidance", "batch_size")} == {
+        "sampler": "ddim", "steps": 20, "guidance": 8.0, "batch_size": 32}
+    assert (values["sample"]["sampler"], values["sample"]["steps"]) == ("ddpm", 100)   # the paper's, as before
+    assert values["train"]["progress"] is False and values["eval"]["progress"] is True
+    assert sampling_of("demo", "seed=3")["seed"] == 3   # the demo's run seed also fixes its samples
+
+
+def test_the_demo_samples_plain_and_guided_with_its_sampling_settings(trained_checkpoint, tmp_path, monkeypatch):
+    from rcdm_lab.cli import demo
+    from rcdm_lab.pipeline import RCDMPipeline
+
+    calls = []
+    original = RCDMPipeline.sample
+
+    def recording(self, h, k, **settings):
+        calls.append({key: settings[key] for key in ("sampler", "steps", "guidance", "batch_size", "seed")})
+        return original(self, h, k, **settings)
+
+    monkeypatch.setattr(RCDMPipeline, "sample", recording)
+    cfg = compose_config("demo", "demo.num_conditionings=4", "demo.samples_per_conditioning=2", "sampling.steps=2",
+                         f"output_dir={tmp_path}")
+    results = demo.evaluate(cfg, trained_checkpoint)
+    assert [call["guidance"] for call in calls] == [1.0, 8.0, 8.0]   # held-out plain, guided, then the photos
+    assert all(call | {"guidance": None} == {"sampler": "ddim", "steps": 2, "guidance": None, "batch_size": 32,
+                                             "seed": 0} for call in calls)
+    assert (tmp_path / "samples.png").is_file() and set(results) >= {"faithfulness_guidance_1",
+                                                                     "faithfulness_guidance_8"}
