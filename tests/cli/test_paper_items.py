@@ -121,8 +121,11 @@ def test_rendering_an_untrained_item_names_the_training_command(tmp_path):
 
 
 def tiny(tmp_path) -> list[str]:
-    """The tiniest paper item: 16 px, 2 steps, 32 shapes; the runs and their caches under tmp_path."""
-    return [f"runs_root={tmp_path / 'runs'}", "resolution=16px", "data.dataset.num_train=32",
+    """The tiniest paper item: 2 steps, 32 shapes, a 16-channel UNet; the runs and their caches under tmp_path.
+
+    The resolution stays the scale's: it is part of the run names the renderer looks for.
+    """
+    return [f"runs_root={tmp_path / 'runs'}", "data.dataset.num_train=32",
             "data.dataset.num_val=8", "encoder.input_size=32", "model.unet.model_channels=16",
             "model.unet.num_heads=2", "data.batch_size=8", f"data.cache_dir={tmp_path / 'cache'}",
             "trainer.max_steps=2", "trainer.enable_progress_bar=false", "logger=csv"]

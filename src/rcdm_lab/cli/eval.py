@@ -33,7 +33,9 @@ HEADLINE_NUMBERS = {"mean_rank", "mrr", "top1", "mean", "fid", "kid_mean", "is_m
 
 def load_run(cfg: DictConfig, ckpt: str) -> TrainedRun:
     """The checkpoint and its data (or the `data=` group the user picked instead)."""
-    data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else None
+    # A `data=` group choice has a _target_; the data.* keys a paper item's scale sets for training do not count.
+    chosen = cfg.get("data") is not None and cfg.data.get("_target_") is not None
+    data = OmegaConf.to_container(cfg.data, resolve=True) if chosen else None
     return TrainedRun.load(ckpt, device=pick_device(cfg.device), data=data, encoder_weights=cfg.encoder_weights)
 
 
