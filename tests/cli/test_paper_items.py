@@ -147,3 +147,9 @@ def test_every_item_trains_and_renders_end_to_end(item, items_dir):
                        "sampling.steps=2", "sampling.progress=false", f"hydra.run.dir={out}", timeout=900)
     assert rendered.returncode == 0, rendered.stderr[-3000:]
     assert (out / ("results.json" if command == "rcdm-eval" else "figure.json")).is_file()
+
+
+def test_an_item_rendered_by_the_other_command_names_it(tmp_path):
+    result = run_cli("rcdm-figure", "experiment=table1b_faithfulness", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert "experiment=table1b_faithfulness is rendered by rcdm-eval, not rcdm-figure" in result.stderr

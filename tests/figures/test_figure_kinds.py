@@ -60,3 +60,10 @@ def test_a_bad_setting_is_one_line_naming_it(kind, overrides, message):
     with pytest.raises(RCDMError) as raised:
         figure_kind(kind).settings({**shipped, **overrides})
     assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+
+
+def test_the_readme_figure_table_is_the_kinds_own_paper_and_summary():
+    section = (REPO / "README.md").read_text().split("## Figures:", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]+) \| (.+) \|$", section, re.MULTILINE)
+    assert {name: (paper, shows) for name, paper, shows in rows} == {
+        name: (kind.paper, kind.summary) for name, kind in FIGURE_KINDS.items()}

@@ -16,10 +16,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rcdm_lab.cli.common import hydra_entry, require_values
-from rcdm_lab.cli.experiment_runs import runs_of_chosen_experiment
+from rcdm_lab.cli.experiment_runs import runs_to_render
 from rcdm_lab.cli.sample import pick_device
 from rcdm_lab.cli.validation import validate_eval
-from rcdm_lab.errors import RCDMError
 from rcdm_lab.metrics import distances, faithfulness, fid, kde
 from rcdm_lab.trained_run import TrainedRun
 from rcdm_lab.viz.report import numbers, publish, write_json
@@ -45,13 +44,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     validate_eval(cfg)
     if cfg.ckpt is not None:
         return evaluate(cfg, str(cfg.ckpt), Path(cfg.output_dir))
-    if cfg.get("figure"):
-        raise RCDMError(f"this paper item draws the figure {cfg.figure.kind!r} rather than measuring: render it with "
-                        "rcdm-figure (same arguments)")
-    runs = runs_of_chosen_experiment(cfg.get("runs_root"))
-    if runs is None:
-        raise RCDMError("no model given: pass ckpt=outputs/<run>/checkpoints/last.ckpt, or a paper item "
-                        "experiment=<item> (conf/experiment/) whose runs rcdm-train -m experiment=<item> trained")
+    runs = runs_to_render(cfg, "rcdm-eval")
     results = {}
     for trained_run in runs:
         print(f"{trained_run.name} ({trained_run.checkpoint}):")

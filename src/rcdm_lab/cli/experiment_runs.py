@@ -88,18 +88,27 @@ def require_trained(runs: Sequence[PlannedRun], experiment: str, scale: str | No
     return [run.checkpoint for run in runs]
 
 
-def runs_of_chosen_experiment(runs_root: str | None = None) -> list[PlannedRun] | None:
-    """Inside rcdm-figure / rcdm-eval: the trained runs of the `experiment=` chosen (None when none was).
+def runs_to_render(cfg: DictConfig, command: str) -> list[PlannedRun]:
+    """Inside `command` (rcdm-figure or rcdm-eval) without ckpt=: the trained runs of the `experiment=` chosen.
 
-    The `scale=` chosen with it picks the same runs rcdm-train trained at that scale; `runs_root` (the command's
-    own setting) replaces the folder they were trained into.
+    The `scale=` chosen with it picks the runs rcdm-train trained at that scale; `cfg.runs_root` (the command's own
+    setting) replaces the folder they were trained into. An item rendered by the other command, no item at all, or
+    runs not trained yet each stop with one line saying what to run instead.
     """
-    if not HydraConfig.initialized():
-        return None
-    choices = HydraConfig.get().runtime.choices
+    # Each command composes the other one's group empty (null): only an item fills it.
+    other = {"rcdm-figure": ("metric", "rcdm-eval"), "rcdm-eval": ("figure", "rcdm-figure")}
+    group, other_command = other[command]
+    renders_with = other_command if cfg.get(group) else command
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     experiment, scale = choices.get("experiment"), choices.get("scale")
     if experiment is None:
-        return None
+        several = " (or ckpts=[a.ckpt,b.ckpt] for figures comparing models)" if command == "rcdm-figure" else ""
+        raise RCDMError(f"no model given: pass ckpt=outputs/<run>/checkpoints/last.ckpt{several}, or a paper item "
+                        "experiment=<item> (conf/experiment/) whose runs rcdm-train -m experiment=<item> trained")
+    if renders_with != command:
+        raise RCDMError(f"experiment={experiment} is rendered by {renders_with}, not {command}: run "
+                        f"{renders_with} with the same arguments")
+    runs_root = cfg.get("runs_root")
     runs = planned_runs(experiment, scale, [f"runs_root={runs_root}"] if runs_root else [])
     require_trained(runs, experiment, scale)
     return runs

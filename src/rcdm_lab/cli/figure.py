@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rcdm_lab.cli.common import hydra_entry, run_name_of
-from rcdm_lab.cli.experiment_runs import runs_of_chosen_experiment
+from rcdm_lab.cli.experiment_runs import runs_to_render
 from rcdm_lab.cli.sample import pick_device
 from rcdm_lab.cli.validation import validate_figure
 from rcdm_lab.errors import RCDMError
@@ -37,13 +37,7 @@ def checkpoints(cfg: DictConfig) -> tuple[list[str], list[str]]:
     elif cfg.get("ckpt"):
         ckpts = [str(cfg.ckpt)]
     else:
-        if cfg.get("metric"):
-            raise RCDMError(f"this paper item measures {', '.join(cfg.metric)} rather than drawing a figure: "
-                            "render it with rcdm-eval (same arguments)")
-        runs = runs_of_chosen_experiment(cfg.get("runs_root"))
-        if runs is None:
-            raise RCDMError("no model given: pass ckpt=outputs/<run>/checkpoints/last.ckpt (or ckpts=[a.ckpt,b.ckpt] "
-                            "for figures comparing models), or a paper item experiment=<item> (conf/experiment/)")
+        runs = runs_to_render(cfg, "rcdm-figure")
         return [str(run.checkpoint) for run in runs], [run.name for run in runs]
     return ckpts, [run_name_of(c) for c in ckpts]
 
