@@ -83,6 +83,14 @@ def test_a_sampler_option_without_a_default_is_refused_when_registering():
     assert "toy_without_defaults" not in SAMPLERS
 
 
+def test_a_sampler_without_the_shared_parameters_is_refused_when_registering():
+    with pytest.raises(TypeError, match="must take the keyword-only parameters callback, progress"):
+        @register_sampler("toy_without_callback")
+        def toy(diffusion, model_fn, noise, *, generator, cond):
+            return noise
+    assert "toy_without_callback" not in SAMPLERS
+
+
 def test_the_pipeline_callback_sees_each_step_of_each_batch(pipeline):
     seen = []
     pipeline.sample(torch.zeros(3, 2), sampler="ddim", steps=4, batch_size=2, precision="32",

@@ -223,6 +223,13 @@ def test_bad_requests_name_the_fix(diffusion):
         sample(diffusion.respace(50), zero_model, noise, steps=10)
 
 
+def test_ddim_called_directly_still_checks_eta(diffusion):
+    noise = torch.randn(SHAPE)
+    for eta in (1.5, -1.0):
+        with pytest.raises(RCDMError, match=r"eta must lie in \[0, 1\]"):
+            ddim_sample(diffusion.respace(10), zero_model, noise, generator=None, cond={}, eta=eta)
+
+
 def test_an_option_the_sampler_does_not_take_is_refused_naming_what_it_takes(diffusion):
     noise = torch.randn(SHAPE)
     with pytest.raises(RCDMError, match=r"^sampler 'ddim' has no option 'etta'; did you mean 'eta'\? "

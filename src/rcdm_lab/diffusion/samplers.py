@@ -14,6 +14,7 @@ Every sampler is `fn(diffusion, model_fn, noise, *, generator, cond, callback=No
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -86,14 +87,26 @@ def register_sampler(name: str, *, check: Callable[..., None] | None = None) -> 
         if name in SAMPLERS:
             raise ValueError(f"a sampler named {name!r} is already registered ({SAMPLERS[name].fn.__qualname__})")
         parameters = inspect.signature(fn).parameters.values()
+        keyword_only = {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        if not keyword_only >= _SHARED_PARAMETERS:
+            raise TypeError(f"sampler {name!r} must take the keyword-only parameters "
+                            f"{', '.join(sorted(_SHARED_PARAMETERS - keyword_only))} (see SamplerFn)")
         defaults = {p.name: p.default for p in parameters
                     if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _SHARED_PARAMETERS}
         missing = [option for option, default in defaults.items() if default is inspect.Parameter.empty]
         if missing:
             raise TypeError(f"sampler {name!r}: options need defaults, {', '.join(missing)} has none")
-        without_grad = torch.no_grad()(fn)
-        SAMPLERS[name] = RegisteredSampler(name, without_grad, defaults, check)
-        return without_grad
+
+        @functools.wraps(fn)
+        def checked(*args: Any, **kwargs: Any) -> Tensor:
+            # The option check runs on every call, also when the function is called directly rather than by name.
+            if check is not None:
+                check(**{**defaults, **{option: kwargs[option] for option in defaults if option in kwargs}})
+            with torch.no_grad():
+                return fn(*args, **kwargs)
+
+        SAMPLERS[name] = RegisteredSampler(name, checked, defaults, check)
+        return checked
 
     return register
 
