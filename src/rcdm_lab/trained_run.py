@@ -50,7 +50,7 @@ class TrainedRun:
                 raise RCDMError(f"{ckpt} does not record its training data (written before rcdm_lab recorded it): "
                                 "name the dataset, e.g. data=shapes (add the data.* overrides used in training)")
         datamodule = instantiate({**dict(data), "resolution": pipeline.resolution})
-        datamodule.attach_encoder(pipeline.encoder)
+        datamodule.attach_encoder(pipeline.encoder, device=pipeline.device)
         datamodule.prepare_data()
         datamodule.setup("fit")
         return cls(Path(ckpt), pipeline, datamodule)

@@ -4,6 +4,7 @@ import lightning as L
 import pytest
 import torch
 
+from rcdm_lab.data.base import RCDMDataset
 from rcdm_lab.data.cache import RepresentationCache
 from rcdm_lab.data.datamodule import RCDMDataModule
 from rcdm_lab.data.shapes import ShapesDataset
@@ -118,13 +119,24 @@ def test_representation_stats_agree_with_and_without_cache(tmp_path, make_encode
     assert torch.allclose(cached_mean, live_mean, atol=1e-5) and torch.allclose(cached_std, live_std, atol=1e-5)
 
 
+class _EmptyDataset(RCDMDataset):
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, index: int) -> dict:
+        raise IndexError(index)
+
+    def fingerprint(self) -> str:
+        return "empty"
+
+
 def test_missing_encoder_too_big_batch_and_empty_dataset_are_explained(tmp_path, make_encoder):
     with pytest.raises(RuntimeError, match="attach_encoder"):
         RCDMDataModule(shapes, cache_dir=str(tmp_path)).prepare_data()
     datamodule = _datamodule(tmp_path, make_encoder(), batch_size=NUM_TRAIN + 1)
     with pytest.raises(RCDMError, match="lower data.batch_size"):
         datamodule.train_dataloader()
-    empty = RCDMDataModule(lambda split, image_size: [], cache_dir=str(tmp_path), encoder=make_encoder())
+    empty = RCDMDataModule(lambda split, image_size: _EmptyDataset(), cache_dir=str(tmp_path), encoder=make_encoder())
     with pytest.raises(RCDMError, match="dataset is empty"):
         empty.prepare_data()
     with pytest.raises(RuntimeError, match="setup"):

@@ -56,13 +56,20 @@ class RCDMDataModule(L.LightningDataModule):
         self.cache_batch_size = int(cache_batch_size)
         self.val_batch_size = int(val_batch_size or batch_size)
         self.encoder = encoder
+        self._encode_device: torch.device | None = None
         self._source_size = source_size
         self._datasets: dict[str, RCDMDataset] = {}
         self._items: dict[str, TrainingItems] = {}
 
     # ------------------------------------------------------------------------------------------------ wiring
-    def attach_encoder(self, encoder: nn.Module) -> None:
+    def attach_encoder(self, encoder: nn.Module, device: torch.device | str | None = None) -> None:
+        """The frozen encoder, and where it runs outside trainer.fit (None: CUDA when available).
+
+        Inside trainer.fit it always runs on the strategy's device; a TrainedRun passes its pipeline's device, so
+        representations are computed where the model samples.
+        """
         self.encoder = encoder
+        self._encode_device = None if device is None else torch.device(device)
 
     def _require_encoder(self) -> nn.Module:
         if self.encoder is None:
@@ -87,10 +94,10 @@ class RCDMDataModule(L.LightningDataModule):
                     "training images are upsampled (blurry)",
                     stacklevel=2,
                 )
-            dataset = self.dataset_factory(split=split, image_size=self.source_size)
+            dataset = check_dataset(self.dataset_factory(split=split, image_size=self.source_size), "data.dataset")
             if len(dataset) == 0:
                 raise RCDMError(f"the {split} dataset is empty: check the data.dataset settings")
-            self._datasets[split] = check_dataset(dataset, "data.dataset")
+            self._datasets[split] = dataset
         return self._datasets[split]
 
     def flips(self, split: str) -> bool:
@@ -105,6 +112,8 @@ class RCDMDataModule(L.LightningDataModule):
         # Inside trainer.fit the strategy already chose this process's device (e.g. the right GPU under DDP).
         if self.trainer is not None:
             return self.trainer.strategy.root_device
+        if self._encode_device is not None:
+            return self._encode_device
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     # -------------------------------------------------------------------------------------- lightning hooks

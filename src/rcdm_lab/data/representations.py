@@ -8,6 +8,7 @@ metrics -- never branch on which one they got.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,11 +75,21 @@ class RepresentationSource:
     # ------------------------------------------------------------------------------------------- batches
     def encode(self, images: Tensor) -> Tensor:
         """(B, D) float32 h of source images (B, 3, S, S), on the CPU, in encoder calls of batch_size."""
+        with self._encoder_ready():
+            return self._encode_here(images)
+
+    def _encoder_ready(self) -> contextlib.AbstractContextManager:
+        """The encoder on this source's device, without autograd (moved back afterwards)."""
         if self.encoder is None:
             raise RuntimeError("this representation source has no encoder: give it one to encode live items")
-        with encoder_on(self.encoder, self.device), torch.no_grad():
-            chunks = [self.encoder(images[i:i + self.batch_size].to(self.device)).float().cpu()
-                      for i in range(0, len(images), self.batch_size)]
+        stack = contextlib.ExitStack()
+        stack.enter_context(encoder_on(self.encoder, self.device))
+        stack.enter_context(torch.no_grad())
+        return stack
+
+    def _encode_here(self, images: Tensor) -> Tensor:
+        chunks = [self.encoder(images[i:i + self.batch_size].to(self.device)).float().cpu()
+                  for i in range(0, len(images), self.batch_size)]
         return torch.cat(chunks)
 
     def representations(self, indices: Sequence[int] | None = None) -> Tensor:
@@ -88,9 +99,10 @@ class RepresentationSource:
             return torch.from_numpy(np.array(rows, dtype=np.float32))  # a copy: the memmap is read-only
         indices = range(len(self.dataset)) if indices is None else [int(i) for i in indices]
         chunks = []
-        for start in range(0, len(indices), self.batch_size):
-            images = torch.stack([self.dataset[i]["image"] for i in indices[start:start + self.batch_size]])
-            chunks.append(self.encode(images))
+        with self._encoder_ready():  # moved to its device once for the whole split, not once per chunk
+            for start in range(0, len(indices), self.batch_size):
+                images = torch.stack([self.dataset[i]["image"] for i in indices[start:start + self.batch_size]])
+                chunks.append(self._encode_here(images))
         return torch.cat(chunks)
 
     def diffusion_targets(self, indices: Sequence[int]) -> Tensor:
