@@ -73,7 +73,7 @@ def build(cfg: DictConfig) -> tuple[RCDMModule, L.LightningDataModule, L.Trainer
     )
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     # Always, not a `callbacks:` entry one could drop: DDP ranks' flips and dropout and an exact resume depend on it.
-    callbacks.append(RandomStatePersistence(cfg.seed))
+    callbacks.append(RandomStatePersistence())
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     precision = announce(resolve_precision(cfg.trainer.precision, trainer_device(cfg.trainer.accelerator)))
     trainer = instantiate(cfg.trainer, precision=precision.value, callbacks=callbacks, logger=logger,

@@ -88,19 +88,16 @@ class RandomStatePersistence(L.Callback):
     Not optional (rcdm-train adds it whatever `callbacks:` holds): without it every DDP rank would flip and drop out
     alike (Lightning seeds them all with the same seed) and a resumed run would silently diverge.
 
-    Args:
-        seed: the run's seed; rank r's global RNGs start from `seed_process(seed, r)`.
+    Rank r's global RNGs start from `seed_process(seed, r)`, with the seed the module draws its noise from
+    (`pl_module.seed`), so the run's one seed is stated once.
     """
 
     # The checkpoint's top-level key: checkpoints written before this callback existed keep resuming exactly.
     CHECKPOINT_KEY = "rng_states"
 
-    def __init__(self, seed: int) -> None:
-        self.seed = int(seed)
-
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            seed_process(self.seed, trainer.global_rank)
+            seed_process(int(pl_module.seed), trainer.global_rank)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         # A collective: Lightning calls this hook on every rank, and only rank 0 writes the file.
