@@ -71,7 +71,8 @@ def make(ctx: FigureContext, settings: Settings) -> dict[str, Any]:
     n, k = settings.num_images, settings.samples_per_image
     num_candidates = ctx.run.count("val", settings.num_candidates, "figure.num_candidates", default=1000)
     run = ctx.run
-    probe = probe_for(ctx, run, settings.factor)
+    target = factor_labels(run, settings.factor)   # the probe's labels, and the true ones of the rows below
+    probe = probe_for(ctx, run, settings.factor, target=target)
     h, names, folder_images = _candidates(ctx, num_candidates)
     with torch.no_grad():
         probabilities = torch.softmax(probe(h.to(run.pipeline.device)), dim=1).cpu()
@@ -83,11 +84,10 @@ def make(ctx: FigureContext, settings: Settings) -> dict[str, Any]:
     samples = ctx.sample(h[chosen], k)   # all 2n conditionings share the same k noise images
     sample_predicted = probe.predict(run.pipeline.encode(samples)).cpu().view(2 * n, k)
     true = None
-    if folder_images is None:
-        # True labels only when the probe's classes are this dataset's (a probe.pt may come from other data).
-        target = factor_labels(run, probe.factor)
-        if target.class_names == probe.class_names:
-            true = target.y_val[:num_candidates]
+    # True labels only for validation rows, and when the probe's classes are this dataset's (a probe.pt may come
+    # from other data).
+    if folder_images is None and target.class_names == probe.class_names:
+        true = target.y_val[:num_candidates]
 
     label = probe.class_names
     rows, row_labels, cell_labels, frames = [], [], [], []

@@ -41,12 +41,13 @@ def factor_labels(run: TrainedRun, factor: str | None = None, continuous_bins: i
 
 
 def probe_for(ctx: FigureContext, run: TrainedRun, factor: str | None = None,
-              continuous_bins: int = CONTINUOUS_BINS) -> LinearProbe:
+              continuous_bins: int = CONTINUOUS_BINS, target: Factor | None = None) -> LinearProbe:
     """The linear probe of `factor` on `run`'s representation: ctx.probe's, checked against the encoder, or fitted.
 
-    The probe is returned on the run's device, in eval mode.
+    The probe is returned on the run's device, in eval mode. `target`: `factor_labels(run, factor)` when the caller
+    has it already (labelling every item of both splits is not free on a large dataset).
     """
-    target = factor_labels(run, factor, continuous_bins)
+    target = target if target is not None else factor_labels(run, factor, continuous_bins)
     identity = run.pipeline.encoder.identity()
     if ctx.probe:
         probe = LinearProbe.load(ctx.probe, target.name)
