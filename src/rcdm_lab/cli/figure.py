@@ -66,7 +66,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise RCDMError(f"labels has {len(labels)} names for {len(runs)} checkpoints: give one per checkpoint")
     out = Path(cfg.output_dir)
     ctx = FigureContext(runs=runs, sampling=OmegaConf.to_container(cfg.sampling, resolve=True), out_dir=out,
-                        seed=int(cfg.seed), images=cfg.get("images"), labels=labels, probe=cfg.get("probe"))
+                        seed=int(cfg.sampling.seed), images=cfg.get("images"), labels=labels, probe=cfg.get("probe"))
     results = {"figure": name, **kind.make(ctx, settings)}
     results.update(ckpts=ckpts, labels=labels, settings=dataclasses.asdict(settings), command=command_line(),
                    seconds=round(time.perf_counter() - start, 1))
@@ -78,7 +78,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-main = hydra_entry("figure", run)
+main = hydra_entry("figure", run, moved={"seed": "sampling.seed"})  # one seed: the noise and the sampler's
 
 if __name__ == "__main__":
     sys.exit(main())

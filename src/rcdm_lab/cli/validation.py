@@ -169,5 +169,5 @@ def validate_eval(cfg: DictConfig) -> None:
 
 def validate_figure(cfg: DictConfig) -> None:
     """rcdm-figure's own settings; the `figure:` block is checked by its kind's Settings (rcdm_lab.figures)."""
-    check(cfg, [*_SHARED_EVAL_RULES, integer("seed", minimum=0)])
+    check(cfg, list(_SHARED_EVAL_RULES))
     check_sampling(cfg)
