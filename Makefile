@@ -45,7 +45,7 @@ bench-faithfulness: $(STAMP)
 
 # Paper items, one per conf/experiment/fig*.yaml and table*.yaml: `make fig03_augmentations [SCALE=cpu]` trains the
 # item's runs (rcdm-train -m experiment=...) and renders it (rcdm-figure, or rcdm-eval for a metric item).
-# TRAIN_ARGS go to training (e.g. data.dataset.root=/data/imagenet/train), ARGS to rendering. `make paper-items`
+# TRAIN_ARGS go to training (e.g. data=folder data.dataset.root=/data/imagenet/train), ARGS to rendering. `make paper-items`
 # lists them. The README's paper table is checked against these files (tests/cli/test_paper_items.py).
 PAPER_ITEMS := $(sort $(basename $(notdir $(wildcard conf/experiment/fig*.yaml conf/experiment/table*.yaml))))
 SCALE ?=

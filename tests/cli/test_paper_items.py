@@ -69,6 +69,15 @@ def test_an_item_plans_one_deterministically_named_run_per_combination(hydra_con
     assert all("encoder.weights=random" in run.overrides and "data=shapes" in run.overrides for run in cpu)
 
 
+def test_the_documented_paper_scale_command_composes_for_every_run(hydra_conf):
+    documented = ["experiment=fig02_backbone_vs_head", "data=folder", "data.dataset.root=/data/imagenet/train"]
+    for run in planned_runs("fig02_backbone_vs_head", overrides=documented[1:]):
+        job = compose("train", overrides=[*documented, *run.overrides])
+        assert job.data.dataset.root == "/data/imagenet/train" and job.data.dataset._target_.endswith("FolderDataset")
+        assert job.model.unet.model_channels == 256 and job.encoder.input_norm == "official"
+        assert job.encoder.name == run.name.split("-")[0] and job.resolution == 128
+
+
 def test_runs_of_different_items_with_the_same_encoder_are_one_run(hydra_conf):
     shared = {run.name for run in planned_runs("fig01a_samples")} & {run.name for run in
                                                                      planned_runs("fig03_augmentations")}
@@ -77,7 +86,7 @@ def test_runs_of_different_items_with_the_same_encoder_are_one_run(hydra_conf):
 
 def test_the_training_checkpoint_item_names_a_run_per_encoder_epoch(hydra_conf):
     assert [run.name for run in planned_runs("fig35_training_checkpoints")] == [
-        f"vicreg_resnet50-backbone-ep{epoch}-128px" for epoch in (1, 5, 50)]
+        f"vicreg_resnet50-backbone-128px-ep{epoch}" for epoch in (1, 5, 50)]
 
 
 def test_the_readme_paper_table_lists_exactly_the_items_with_what_they_render(hydra_conf):

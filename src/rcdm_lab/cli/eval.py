@@ -12,6 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,8 +33,8 @@ HEADLINE_NUMBERS = {"mean_rank", "mrr", "top1", "mean", "fid", "kid_mean", "is_m
 
 def load_run(cfg: DictConfig, ckpt: str) -> TrainedRun:
     """The checkpoint and its data (or the `data=` group the user picked instead)."""
-    # A `data=` group choice has a _target_; the data.* keys a paper item's scale sets for training do not count.
-    chosen = cfg.get("data") is not None and cfg.data.get("_target_") is not None
+    # Only a `data=` choice counts: the data.* keys a paper item's scale sets for training are not a dataset.
+    chosen = HydraConfig.initialized() and HydraConfig.get().runtime.choices.get("data") is not None
     data = OmegaConf.to_container(cfg.data, resolve=True) if chosen else None
     return TrainedRun.load(ckpt, device=pick_device(cfg.device), data=data, encoder_weights=cfg.encoder_weights)
 
@@ -42,14 +43,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `ckpt`, or every run of the paper item `experiment=` (each into its own subfolder)."""
     require_values(cfg)
     validate_eval(cfg)
+    logger = instantiate(cfg.logger) if cfg.get("logger") else None
     if cfg.ckpt is not None:
-        return evaluate(cfg, str(cfg.ckpt), Path(cfg.output_dir))
+        results = evaluate(cfg, str(cfg.ckpt), Path(cfg.output_dir))
+        publish(logger, results)
+        return results
     runs = runs_to_render(cfg, "rcdm-eval")
     results = {}
     for trained_run in runs:
         print(f"{trained_run.name} ({trained_run.checkpoint}):")
         results[trained_run.name] = evaluate(cfg, str(trained_run.checkpoint), Path(cfg.output_dir) / trained_run.name)
     write_json(Path(cfg.output_dir) / "results.json", results)
+    publish(logger, results)   # once, every run's numbers under its name: one CSV / one wandb run for the item
     print(f"rcdm-eval: {len(runs)} runs; wrote {Path(cfg.output_dir) / 'results.json'}")
     return results
 
@@ -74,7 +79,6 @@ def evaluate(cfg: DictConfig, ckpt: str, out: Path) -> dict[str, Any]:
         if path.stem in METRICS:
             gathered[path.stem] = json.loads(path.read_text())
     write_json(out / "results.json", gathered)
-    publish(instantiate(cfg.logger) if cfg.get("logger") else None, results)
     print(f"rcdm-eval: wrote {out / 'results.json'}")
     return results
 

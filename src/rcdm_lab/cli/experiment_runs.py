@@ -77,15 +77,19 @@ def planned_runs(experiment: str, scale: str | None = None, overrides: Sequence[
     return runs
 
 
-def require_trained(runs: Sequence[PlannedRun], experiment: str, scale: str | None) -> list[Path]:
-    """The runs' checkpoints; if any is missing, one line naming them and the command that trains them."""
+def check_trained(runs: Sequence[PlannedRun], experiment: str, scale: str | None,
+                  runs_root: str | None = None) -> None:
+    """If any run's checkpoint is missing: one line naming them and the command that trains them there.
+
+    `runs_root` is named in the command as given (the scale's own default included), so following it always
+    trains where the renderer looks.
+    """
     missing = [run for run in runs if not run.checkpoint.is_file()]
     if missing:
-        scale_arg = f" scale={scale}" if scale else ""
+        where = "".join(f" {key}={value}" for key, value in (("scale", scale), ("runs_root", runs_root)) if value)
         names = ", ".join(str(run.checkpoint) for run in missing)
         raise RCDMError(f"experiment={experiment} renders from {len(runs)} run(s); not trained yet: {names}. "
-                        f"Train them with: rcdm-train -m experiment={experiment}{scale_arg} (or pass ckpt=/ckpts=)")
-    return [run.checkpoint for run in runs]
+                        f"Train them with: rcdm-train -m experiment={experiment}{where} (or pass ckpt=/ckpts=)")
 
 
 def runs_to_render(cfg: DictConfig, command: str) -> list[PlannedRun]:
@@ -110,5 +114,5 @@ def runs_to_render(cfg: DictConfig, command: str) -> list[PlannedRun]:
                         f"{renders_with} with the same arguments")
     runs_root = cfg.get("runs_root")
     runs = planned_runs(experiment, scale, [f"runs_root={runs_root}"] if runs_root else [])
-    require_trained(runs, experiment, scale)
+    check_trained(runs, experiment, scale, runs_root)
     return runs
