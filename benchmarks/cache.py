@@ -23,7 +23,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-# The demo UNet (conf/experiment/demo.yaml) without the rest of the demo (its run name, resume, time cap).
+# The demo UNet (conf/recipe/cpu.yaml) without the rest of the recipe (resume, Min-SNR, condition dropout, data sizes).
 DEMO_UNET = [
     "model.unet.model_channels=32",
     "model.unet.num_res_blocks=1",
