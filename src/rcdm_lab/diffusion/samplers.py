@@ -232,3 +232,47 @@ def ddim_sample(
             x_prev = x_prev + sigma * z
         x = x_prev.to(x.dtype)
     return x
+
+
+@register_sampler("dpmpp_2m")
+def dpmpp_2m_sample(
+    diffusion: GaussianDiffusion,
+    model_fn: ModelOutputFn,
+    noise: Tensor,
+    *,
+    generator: torch.Generator | None,
+    cond: Mapping[str, Any],
+    callback: StepCallback | None = None,
+    progress: bool = False,
+    clip_denoised: bool = True,
+) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022): the probability-flow ODE solved in log-SNR time, second order, multistep.
+
+    Data prediction from the network's eps half (the learned-variance half is not used, as the authors prescribe for
+    ADM models), so x_0 clipping applies before the update and classifier-free guidance works unchanged. One network
+    evaluation per step: the previous step's x_0 supplies the second-order term (the first and the last ODE step are
+    first order, i.e. DDIM's update). The step at t = 0 returns its x_0 prediction, as DDIM does.
+    """
+    x, previous_x0, previous_h = noise, None, None
+    for i in reverse_steps(diffusion, progress, "dpmpp_2m"):
+        t, out = _predict(diffusion, model_fn, x, i, cond, clip_denoised, callback)
+        x0 = out["pred_xstart"]
+        if i == 0:
+            return x0.to(x.dtype)
+        alpha_bar = diffusion.extract("alphas_cumprod", t, x).double()
+        alpha_bar_next = diffusion.extract("alphas_cumprod_prev", t, x).double()
+        # log-SNR lambda = log(alpha / sigma); h > 0 is the step in lambda towards the data.
+        h = 0.5 * (torch.log(alpha_bar_next / (1 - alpha_bar_next)) - torch.log(alpha_bar / (1 - alpha_bar)))
+        if previous_x0 is None or i == 1:
+            # First order on the first step (no history) and on the last ODE step: on ADM's schedules its step in
+            # log-SNR to the respaced t = 0 is several times the previous one, and extrapolating x_0 that far
+            # overshoots (the authors' `lower_order_final`; on Gaussian data at 10 steps: 0.61 from the exact flow,
+            # worse than DDIM's 0.43, against 0.34 with it -- tests/diffusion/test_samplers.py).
+            x0_term = x0
+        else:
+            r = previous_h / h
+            x0_term = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * previous_x0
+        sigma_ratio = ((1 - alpha_bar_next) / (1 - alpha_bar)).sqrt()
+        x = (sigma_ratio * x - alpha_bar_next.sqrt() * torch.expm1(-h) * x0_term).to(x.dtype)
+        previous_x0, previous_h = x0, h
+    return x
