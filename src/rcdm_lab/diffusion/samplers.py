@@ -276,3 +276,75 @@ def dpmpp_2m_sample(
         x = (sigma_ratio * x - alpha_bar_next.sqrt() * torch.expm1(-h) * x0_term).to(x.dtype)
         previous_x0, previous_h = x0, h
     return x
+
+
+def _log_snr_terms(alpha_bar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(lambda, alpha, sigma) of alpha_bar, in float64: lambda = log(alpha / sigma)."""
+    alpha_bar = alpha_bar.double()
+    return 0.5 * torch.log(alpha_bar / (1 - alpha_bar)), alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+
+
+@register_sampler("unipc")
+def unipc_sample(
+    diffusion: GaussianDiffusion,
+    model_fn: ModelOutputFn,
+    noise: Tensor,
+    *,
+    generator: torch.Generator | None,
+    cond: Mapping[str, Any],
+    callback: StepCallback | None = None,
+    progress: bool = False,
+    clip_denoised: bool = True,
+) -> Tensor:
+    """UniPC (Zhao et al. 2023), second-order multistep predictor with its corrector, data prediction, B(h) = e^h - 1.
+
+    The corrector reuses the network evaluation the next step needs anyway, so a step still costs one evaluation.
+    Like DPM-Solver++(2M): the first and the last ODE step are first order, and the step at t = 0 returns its x_0.
+    """
+    x, previous = noise, None      # previous: the last step's start, for the corrector
+    history: list[tuple[Tensor, Tensor]] = []   # (lambda, x_0) of the evaluations so far, newest last
+    for i in reverse_steps(diffusion, progress, "unipc"):
+        t, out = _predict(diffusion, model_fn, x, i, cond, clip_denoised, callback)
+        x0 = out["pred_xstart"]
+        if i == 0:
+            return x0.to(x.dtype)
+        lam, alpha, sigma = _log_snr_terms(diffusion.extract("alphas_cumprod", t, x))
+        if previous is not None:   # UniC: correct x_t with the evaluation just made at it
+            x = _unipc_update(previous, x0).to(x.dtype)
+        history.append((lam, x0))
+        lam_next, alpha_next, sigma_next = _log_snr_terms(diffusion.extract("alphas_cumprod_prev", t, x))
+        order = 2 if len(history) >= 2 and i > 1 else 1
+        previous = {"x": x, "sigma_ratio": sigma_next / sigma, "alpha_next": alpha_next, "h": lam_next - lam,
+                    "m0": x0, "earlier": [(lam_e - lam, m_e) for lam_e, m_e in history[-order:-1]]}
+        x = _unipc_update(previous, None).to(x.dtype)   # UniP: predict x at the next step
+    return x
+
+
+def _unipc_update(step: dict[str, Any], x0_next: Tensor | None) -> Tensor:
+    """UniP (x0_next None) or UniC (with the x_0 evaluated at the predicted point) for one step of `step`."""
+    h = step["h"]
+    hh = -h   # data prediction integrates in -lambda
+    h_phi_1 = torch.expm1(hh)
+    b_h = h_phi_1   # B(h) = e^(-h) - 1: the authors' "bh2" variant
+    # r_k = (lambda_k - lambda_s0) / h of the earlier evaluations, and 1 for the new one when correcting.
+    ratios = [lam_gap / h for lam_gap, _ in step["earlier"]]
+    differences = [(m_e - step["m0"]) / r for (_, m_e), r in zip(step["earlier"], ratios, strict=True)]
+    base = step["sigma_ratio"] * step["x"] - step["alpha_next"] * h_phi_1 * step["m0"]
+    if x0_next is None:
+        if not differences:
+            return base
+        return base - step["alpha_next"] * b_h * 0.5 * differences[0]   # UniP-2: rho = 1/2
+    ratios.append(torch.ones_like(h))
+    differences.append(x0_next - step["m0"])
+    if len(ratios) == 1:
+        rhos = [0.5]
+    else:   # solve R rho = b with R_ij = r_j^i, b_i = i! phi_{i+1}(hh) / B(h)
+        h_phi_k, factorial, rows, rhs = h_phi_1 / hh - 1, 1, [], []
+        for power in range(1, len(ratios) + 1):
+            rows.append(torch.stack([r.flatten()[0] ** (power - 1) for r in ratios]))
+            rhs.append((h_phi_k * factorial / b_h).flatten()[0])
+            factorial *= power + 1
+            h_phi_k = h_phi_k / hh - 1 / factorial
+        rhos = list(torch.linalg.solve(torch.stack(rows), torch.stack(rhs)))
+    correction = sum(rho * d for rho, d in zip(rhos, differences, strict=True))
+    return base - step["alpha_next"] * b_h * correction
