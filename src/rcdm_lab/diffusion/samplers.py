@@ -234,6 +234,12 @@ def ddim_sample(
     return x
 
 
+def _log_snr_terms(alpha_bar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(lambda, alpha, sigma) of alpha_bar, in float64: lambda = log(alpha / sigma)."""
+    alpha_bar = alpha_bar.double()
+    return 0.5 * torch.log(alpha_bar / (1 - alpha_bar)), alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+
+
 @register_sampler("dpmpp_2m")
 def dpmpp_2m_sample(
     diffusion: GaussianDiffusion,
@@ -259,10 +265,9 @@ def dpmpp_2m_sample(
         x0 = out["pred_xstart"]
         if i == 0:
             return x0.to(x.dtype)
-        alpha_bar = diffusion.extract("alphas_cumprod", t, x).double()
-        alpha_bar_next = diffusion.extract("alphas_cumprod_prev", t, x).double()
-        # log-SNR lambda = log(alpha / sigma); h > 0 is the step in lambda towards the data.
-        h = 0.5 * (torch.log(alpha_bar_next / (1 - alpha_bar_next)) - torch.log(alpha_bar / (1 - alpha_bar)))
+        lam, _, sigma = _log_snr_terms(diffusion.extract("alphas_cumprod", t, x))
+        lam_next, alpha_next, sigma_next = _log_snr_terms(diffusion.extract("alphas_cumprod_prev", t, x))
+        h = lam_next - lam   # > 0: the step in log-SNR towards the data
         if previous_x0 is None or i == 1:
             # First order on the first step (no history) and on the last ODE step: on ADM's schedules its step in
             # log-SNR to the respaced t = 0 is several times the previous one, and extrapolating x_0 that far
@@ -272,16 +277,9 @@ def dpmpp_2m_sample(
         else:
             r = previous_h / h
             x0_term = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * previous_x0
-        sigma_ratio = ((1 - alpha_bar_next) / (1 - alpha_bar)).sqrt()
-        x = (sigma_ratio * x - alpha_bar_next.sqrt() * torch.expm1(-h) * x0_term).to(x.dtype)
+        x = (sigma_next / sigma * x - alpha_next * torch.expm1(-h) * x0_term).to(x.dtype)
         previous_x0, previous_h = x0, h
     return x
-
-
-def _log_snr_terms(alpha_bar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(lambda, alpha, sigma) of alpha_bar, in float64: lambda = log(alpha / sigma)."""
-    alpha_bar = alpha_bar.double()
-    return 0.5 * torch.log(alpha_bar / (1 - alpha_bar)), alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
 
 
 @register_sampler("unipc")
@@ -296,22 +294,22 @@ def unipc_sample(
     progress: bool = False,
     clip_denoised: bool = True,
 ) -> Tensor:
-    """UniPC (Zhao et al. 2023), second-order multistep predictor with its corrector, data prediction, B(h) = e^h - 1.
+    """UniPC (Zhao et al. 2023): second-order multistep predictor with its corrector, data prediction ("bh2" B(h)).
 
     The corrector reuses the network evaluation the next step needs anyway, so a step still costs one evaluation.
     Like DPM-Solver++(2M): the first and the last ODE step are first order, and the step at t = 0 returns its x_0.
     """
     x, previous = noise, None      # previous: the last step's start, for the corrector
-    history: list[tuple[Tensor, Tensor]] = []   # (lambda, x_0) of the evaluations so far, newest last
+    history: list[tuple[Tensor, Tensor]] = []   # (lambda, x_0) of the last two evaluations, newest last
     for i in reverse_steps(diffusion, progress, "unipc"):
         t, out = _predict(diffusion, model_fn, x, i, cond, clip_denoised, callback)
         x0 = out["pred_xstart"]
         if i == 0:
             return x0.to(x.dtype)
-        lam, alpha, sigma = _log_snr_terms(diffusion.extract("alphas_cumprod", t, x))
+        lam, _, sigma = _log_snr_terms(diffusion.extract("alphas_cumprod", t, x))
         if previous is not None:   # UniC: correct x_t with the evaluation just made at it
             x = _unipc_update(previous, x0).to(x.dtype)
-        history.append((lam, x0))
+        history = [*history[-1:], (lam, x0)]   # a second-order step needs only the last two evaluations
         lam_next, alpha_next, sigma_next = _log_snr_terms(diffusion.extract("alphas_cumprod_prev", t, x))
         order = 2 if len(history) >= 2 and i > 1 else 1
         previous = {"x": x, "sigma_ratio": sigma_next / sigma, "alpha_next": alpha_next, "h": lam_next - lam,
