@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test test-fast demo lint clean bench-cache bench-faithfulness figures
+.PHONY: install test test-fast demo lint clean bench bench-cache bench-faithfulness bench-samplers figures
 
 install: $(STAMP)
 
@@ -37,11 +37,22 @@ demo: $(STAMP)
 bench-cache: $(STAMP)
 	$(PY) benchmarks/cache.py
 
+# One table of the hot paths, each against its reference (training cached vs live encoder, cache build vs the bare
+# encoder, FID features vs the bare Inception, sampling per sampler), with precision, threads and peak memory.
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py $(ARGS)
+
+# Faithfulness (MRR with its bootstrap interval) and encoder-space FID against UNet evaluations, per sampler, at
+# guidance 1 and the demo's: `make bench-samplers [CKPT=...] [ARGS="--out experiments/samplers"]`.
+bench-samplers: $(STAMP)
+	@test -f $(or $(CKPT),$(DEMO_CKPT)) || { echo "no $(or $(CKPT),$(DEMO_CKPT)): run make demo first (or pass CKPT=...)"; exit 2; }
+	$(PY) benchmarks/samplers.py --ckpt $(or $(CKPT),$(DEMO_CKPT)) $(ARGS)
+
 # Faithfulness of the demo checkpoint (mean rank / MRR / top-1 among 256 held-out shapes), plain and guided.
 DEMO_CKPT ?= outputs/demo/checkpoints/last.ckpt
 bench-faithfulness: $(STAMP)
 	@test -f $(DEMO_CKPT) || { echo "no $(DEMO_CKPT): run make demo first (or pass DEMO_CKPT=...)"; exit 2; }
-	$(VENV)/bin/rcdm-eval -m ckpt=$(DEMO_CKPT) metric=faithfulness sampling.guidance=1,8
+	$(VENV)/bin/rcdm-eval -m ckpt=$(DEMO_CKPT) metric=faithfulness sampling=default,guided
 
 # Paper items, one per conf/experiment/fig*.yaml and table*.yaml: `make fig03_augmentations [SCALE=cpu]` trains the
 # item's runs (rcdm-train -m experiment=...) and renders it (rcdm-figure, or rcdm-eval for a metric item).

@@ -20,7 +20,11 @@ def test_a_sampling_default_lives_in_one_place():
     values = {name: sampling_of(name) for name in COMMANDS}
     assert all({k: v[k] for k in shared} == {"eta": None, "precision": "auto"} for v in values.values())
     assert {k: values["demo"][k] for k in ("sampler", "steps", "guidance", "batch_size")} == {
-        "sampler": "ddim", "steps": 20, "guidance": 8.0, "batch_size": 32}
+        "sampler": "dpmpp_2m", "steps": 20, "guidance": 8.0, "batch_size": 32}   # sampling=guided + its delta
+    # Figures and evaluation sample with the measured default (experiments/samplers), the paper's one override away.
+    assert (values["eval"]["sampler"], values["eval"]["steps"], values["eval"]["guidance"]) == ("dpmpp_2m_sde", 20, 1.0)
+    assert (sampling_of("eval", "sampling=paper")["sampler"], sampling_of("eval", "sampling=paper")["steps"]) == (
+        "ddpm", 100)
     assert (values["sample"]["sampler"], values["sample"]["steps"]) == ("ddpm", 100)   # the paper's, as before
     assert values["train"]["progress"] is False and values["eval"]["progress"] is True
     assert sampling_of("demo", "seed=3")["seed"] == 3   # the demo's run seed also fixes its samples

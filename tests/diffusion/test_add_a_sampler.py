@@ -67,7 +67,7 @@ def test_a_toy_sampler_registered_in_one_module_runs_by_name_through_sample_and_
 
 def test_an_option_the_chosen_sampler_does_not_take_is_refused_naming_the_sampler_and_its_options(toy_x0_euler,
                                                                                                    pipeline):
-    with pytest.raises(RCDMError, match=r"^eta=0\.5 only applies to sampler='ddim'; "
+    with pytest.raises(RCDMError, match=r"^eta=0\.5 only applies to sampler='ddim' or sampler='dpmpp_2m_sde'; "
                                         r"sampler 'toy_x0_euler' takes: clip_denoised$"):
         pipeline.sample(torch.zeros(1, 2), sampler=toy_x0_euler, steps=2, eta=0.5)
     with pytest.raises(RCDMError, match=r"^sampler 'toy_x0_euler' has no option 'temperature'; "

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from rcdm_lab.metrics.intervals import mean_interval, per_conditioning_means
 from rcdm_lab.metrics.knn import METRICS, pairwise_distances
 from rcdm_lab.settings import Rule, all_of, integer
 
@@ -62,6 +63,12 @@ def rank_summary(ranks: Tensor, gallery_size: int) -> dict[str, float]:
     }
 
 
+def mrr_interval(ranks: Tensor, samples_per_conditioning: int, level: float = 0.95, seed: int = 0) -> list[float]:
+    """Bootstrap `level` interval [low, high] of the MRR of ranks grouped by conditioning, resampling conditionings."""
+    reciprocal = per_conditioning_means(1 / torch.as_tensor(ranks).double(), samples_per_conditioning)
+    return list(mean_interval(reciprocal, level=level, seed=seed))
+
+
 def nearest_conditioning_accuracy(sample_reps: Tensor, cond_reps: Tensor, samples_per_condition: int,
                                   metric: str = "l2") -> float:
     """Fraction of samples whose nearest among the N conditionings (the gallery here) is their own.
@@ -99,7 +106,7 @@ def evaluate(run: TrainedRun, settings: Mapping[str, Any], sampling: Mapping[str
     ranks = {}
     for metric in settings["distances"]:
         ranks[metric] = conditioning_ranks(sample_reps, gallery, owners, metric)
-        results[metric] = rank_summary(ranks[metric], len(gallery))
+        results[metric] = {**rank_summary(ranks[metric], len(gallery)), "mrr_ci95": mrr_interval(ranks[metric], k)}
     title = (f"rank of the conditioning among {len(gallery)} validation images "
              f"({n} conditionings x {k}, guidance={sampling.get('guidance', 1.0):g})")
     results["rank_histogram_png"] = str(rank_histogram(ranks, out_dir / "faithfulness_ranks.png",
