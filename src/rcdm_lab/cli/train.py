@@ -70,6 +70,7 @@ def build(cfg: DictConfig) -> tuple[RCDMModule, L.LightningDataModule, L.Trainer
         min_snr_gamma=cfg.model.get("min_snr_gamma"),
         scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
         seed=cfg.seed,
+        compile=cfg.model.get("compile", False),
     )
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     # Always, not a `callbacks:` entry one could drop: DDP ranks' flips and dropout and an exact resume depend on it.
@@ -127,6 +128,11 @@ def train(cfg: DictConfig) -> Path:
                        f"{cfg.trainer.max_steps} steps; how many fit depends on this machine's speed, so results "
                        "will differ between machines (set trainer.max_time=null to train a fixed number of steps)")
     last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+    if trainer.checkpoint_callback is not None:
+        # ModelCheckpoint saves every N steps only: a run whose max_steps is not a multiple of N (the demo: 650 with
+        # N = 200) would otherwise end with last.ckpt at step 600 -- sampled from, and resumed for 50 more steps by
+        # every later `make demo`. Every rank calls this; the checkpoint IO writes once, atomically.
+        trainer.save_checkpoint(last)
     rank_zero_info(f"rcdm-train: checkpoint {last} (step {trainer.global_step}); "
                    f"sample with: rcdm-sample ckpt={last} images=PATH")
     return last
