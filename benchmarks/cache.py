@@ -1,9 +1,10 @@
 """Training throughput with the representation cache vs computing the encoder every step (`make bench-cache`).
 
 The paper's official convention: a ResNet-50 seeing 224 px inputs normalised to [-1, 1] (encoder.input_norm=
-official), the demo-sized UNet at 32 px, batch 32. Random ResNet-50 weights (offline; the cost is the same).
-Cache building is excluded from the timing (it is built first); each mode runs `--warmup` steps, then the
-time of the next `--steps` steps is measured between the ends of training batches (data loading included).
+official), here with the demo-sized UNet at 32 px, batch 32 (`make bench` measures the same with the ADM-sized
+UNet). Random ResNet-50 weights (offline; the cost is the same). Cache building is excluded from the timing; each
+mode runs `--warmup` steps, then the next `--steps` steps are timed between the ends of training batches (data
+loading included). The measurement itself is benchmarks/bench.py's `measure_training`.
 
     python benchmarks/cache.py [--steps 10] [--warmup 3] [--num-train 256]
 """
@@ -11,91 +12,20 @@ time of the next `--steps` steps is measured between the ends of training batche
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
-import time
-import warnings
+import sys
 from pathlib import Path
 
-import lightning as L
-import torch
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "offline")
+sys.path.insert(0, str(Path(__file__).parent))
+from bench import isolated, measure_training  # noqa: E402  (a sibling script, not a package)
 
 # The demo UNet (conf/recipe/cpu.yaml) without the rest of the recipe (resume, Min-SNR, condition dropout, data sizes).
 DEMO_UNET = [
+    "resolution=32px",
     "model.unet.model_channels=32",
     "model.unet.num_res_blocks=1",
     "model.unet.resblock_updown=false",
     "model.unet.dropout=0.0",
 ]
-
-
-class StepTimer(L.Callback):
-    """perf_counter at the end of every training batch."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_batch_end(self, *args, **kwargs) -> None:
-        self.times.append(time.perf_counter())
-
-
-def compose(cache: bool, args: argparse.Namespace, output_dir: Path):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from rcdm_lab.cli.common import CONF_DIR, register_resolvers
-
-    register_resolvers()
-    overrides = [
-        "encoder=resnet50",
-        "encoder.weights=random",
-        "encoder.input_size=224",
-        "encoder.input_norm=official",
-        "layer=backbone",
-        "resolution=32px",
-        *DEMO_UNET,
-        "data.batch_size=32",
-        f"data.cache={str(cache).lower()}",
-        f"data.cache_dir={args.cache_dir}",
-        f"data.dataset.num_train={args.num_train}",
-        "data.dataset.num_val=8",
-        "data.num_workers=0",
-        f"trainer.max_steps={args.warmup + args.steps}",
-        f"trainer.precision={args.precision}",
-        "trainer.enable_progress_bar=false",
-        "+trainer.enable_checkpointing=false",
-        "callbacks.checkpoint=null",
-        "callbacks.preview=null",
-        "~logger",
-        f"output_dir={output_dir}",
-    ]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("train", overrides=overrides)
-
-
-def images_per_second(cache: bool, args: argparse.Namespace) -> float:
-    from rcdm_lab.cli.train import build
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose(cache, args, Path(tmp))
-        L.seed_everything(0, verbose=False)
-        module, datamodule, trainer = build(cfg)
-        if cache:
-            start = time.perf_counter()
-            datamodule.prepare_data()  # built (or found) before the clock starts
-            print(f"  cache ready in {time.perf_counter() - start:.1f} s (not timed)")
-        timer = StepTimer()
-        trainer.callbacks.append(timer)
-        trainer.fit(module, datamodule=datamodule)
-    times = timer.times[args.warmup - 1:]  # the end of the last warm-up step starts the clock
-    if len(times) < 2:
-        raise RuntimeError(f"only {len(timer.times)} training steps ran; expected {args.warmup + args.steps}")
-    return cfg.data.batch_size * (len(times) - 1) / (times[-1] - times[0])
 
 
 def main() -> None:
@@ -108,17 +38,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be >= 1")
-    warnings.filterwarnings("ignore", category=UserWarning)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ResNet-50 (random) at 224 px, "
-          f"input_norm=official, demo UNet at 32 px, batch 32, {args.warmup} warm-up + {args.steps} timed steps")
+    print(f"ResNet-50 (random) at 224 px, input_norm=official, demo UNet at 32 px, batch 32, {args.warmup} warm-up "
+          f"+ {args.steps} timed steps")
     results = {}
-    for cache in (True, False):
-        label = "cache" if cache else "live encoder"
-        print(f"{label}:")
-        results[label] = images_per_second(cache, args)
-        print(f"  {results[label]:.1f} img/s")
-    ratio = results["cache"] / results["live encoder"]
-    print(f"cached {results['cache']:.1f} img/s vs live encoder {results['live encoder']:.1f} img/s: "
+    for cache, label in ((True, "cache"), (False, "live encoder")):
+        results[label] = isolated(measure_training, cache, args.precision, args.warmup, args.steps, args.cache_dir,
+                                  DEMO_UNET, args.num_train)
+        m = results[label]
+        print(f"{label}: {m.value:.1f} img/s ({m.precision}, {m.threads} threads, peak {m.peak_memory_mb:.0f} MB)")
+    ratio = results["cache"].value / results["live encoder"].value
+    print(f"cached {results['cache'].value:.1f} img/s vs live encoder {results['live encoder'].value:.1f} img/s: "
           f"{ratio:.1f}x faster with the cache")
 
 

@@ -86,6 +86,7 @@ TRAIN_RULES: list[Rule] = [
     number("model.cond_drop", at_least=0, below=1, example="0.15"),
     number("model.vlb_weight", at_least=0),
     number("model.min_snr_gamma", above=0, example="5", optional=True),
+    flag("model.compile"),
     integer("model.unet.model_channels"),
     integer("model.unet.num_res_blocks"),
     number("model.unet.dropout", at_least=0, below=1),

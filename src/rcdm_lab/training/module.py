@@ -63,6 +63,7 @@ class RCDMModule(L.LightningModule):
         min_snr_gamma: float | None = None,
         scheduler: SchedulerFactory | None = None,
         seed: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if cond_drop > 0 and not getattr(unet, "learn_null_cond", False):
@@ -80,6 +81,7 @@ class RCDMModule(L.LightningModule):
         self.min_snr_gamma = min_snr_gamma
         self.scheduler_factory = scheduler
         self.seed = int(seed)
+        self.compile_unet = bool(compile)
         self.resolution = resolution or unet.config["image_size"]
         self.data_spec = dict(data_spec) if data_spec is not None else None
         dim = encoder.dim
@@ -100,6 +102,11 @@ class RCDMModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------------- training
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.compile_unet:
+            # In place (nn.Module.compile): the state-dict keys, and so checkpoints, stay those of the plain UNet;
+            # the EMA copy that samples stays eager. Measured at the model=adm-like config at 32 px, batch 32, fp32
+            # on 2 CPU cores: 98 s to compile, then 1.81 against 1.86 s per step -- break-even after ~2 000 steps.
+            self.unet.compile()
         if stage == "fit" and self.standardize and not bool(self.rep_stats_fitted):
             mean, std = self.trainer.datamodule.representation_stats()
             self.set_representation_stats(mean, std)
