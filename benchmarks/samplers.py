@@ -13,7 +13,7 @@ conditional and the unconditional half in one batch of twice the rows, so it cou
 representations and the validation gallery's (comparable within one table: it depends on N x k). Writes
 results.json, results.md and faithfulness_vs_nfe.png into --out.
 
-    python benchmarks/samplers.py [--ckpt outputs/demo/checkpoints/last.ckpt] [--num-conditionings 256] [-k 2]
+    python benchmarks/samplers.py [--ckpt outputs/demo/checkpoints/last.ckpt] [--num-conditionings 200] [-k 2]
 """
 
 from __future__ import annotations
@@ -75,9 +75,16 @@ class RowCounter:
 
 
 def demo_guidance() -> float:
-    from rcdm_lab.cli.common import CONF_DIR
+    """The guidance rcdm-demo samples with, from its composed config (conf/demo.yaml and everything it includes)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-    return float(OmegaConf.load(Path(CONF_DIR) / "experiment" / "demo.yaml").sampling.guidance)
+    from rcdm_lab.cli.common import CONF_DIR, register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return float(compose("demo").sampling.guidance)
 
 
 def default_sampling() -> dict:
@@ -141,7 +148,8 @@ def plot(rows: list[Row], path: Path, title: str) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", default="outputs/demo/checkpoints/last.ckpt")
-    parser.add_argument("--num-conditionings", type=int, default=256, help="N validation conditionings")
+    parser.add_argument("--num-conditionings", type=int, default=200,
+                        help="N validation conditionings (200: ~15 min here; the study used 256)")
     parser.add_argument("-k", "--samples-per-conditioning", type=int, default=2)
     parser.add_argument("--guidance", type=float, nargs="+", default=None,
                         help="guidance scales (default: 1 and the demo's, conf/experiment/demo.yaml)")

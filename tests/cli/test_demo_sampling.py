@@ -46,7 +46,22 @@ def test_the_demo_samples_plain_and_guided_with_its_sampling_settings(trained_ch
                          f"output_dir={tmp_path}")
     results = demo.evaluate(cfg, trained_checkpoint)
     assert [call["guidance"] for call in calls] == [1.0, 8.0, 8.0]   # held-out plain, guided, then the photos
-    assert all(call | {"guidance": None} == {"sampler": "ddim", "steps": 2, "guidance": None, "batch_size": 32,
-                                             "seed": 0} for call in calls)
+    assert all(call | {"guidance": None} == {"sampler": "dpmpp_2m", "steps": 2, "guidance": None,
+                                             "batch_size": 32, "seed": 0} for call in calls)
     assert (tmp_path / "samples.png").is_file() and set(results) >= {"faithfulness_guidance_1",
                                                                      "faithfulness_guidance_8"}
+
+
+def test_a_reused_demo_run_does_not_report_the_last_trainings_timing(tmp_path, monkeypatch, capsys):
+    import json
+
+    from rcdm_lab.cli import demo
+
+    (tmp_path / "timing.json").write_text(json.dumps({"steps": 50, "train_seconds": 13.0, "ms_per_step": 252.0,
+                                                      "precision": "bf16-mixed"}))   # from an earlier run
+    monkeypatch.setattr(demo, "train", lambda cfg: tmp_path / "last.ckpt")   # finished: no step runs
+    monkeypatch.setattr(demo, "evaluate", lambda cfg, ckpt: {"samples_png": str(tmp_path / "samples.png")})
+    results = demo.run(compose_config("demo", f"output_dir={tmp_path}"))
+    out = capsys.readouterr().out
+    assert "50 training steps" not in out and "already trained to the end" in out
+    assert results["timing"] == {}

@@ -68,11 +68,16 @@ def evaluate(cfg: DictConfig, ckpt: Path) -> dict:
 
 def run(cfg: DictConfig) -> dict:
     start = time.perf_counter()
+    timing_file = Path(cfg.output_dir) / "timing.json"   # written by the TrainingClock callback
+    # A finished run resumed again trains nothing and Lightning then never reaches the clock's hooks: without this,
+    # the last training's timing would be reported as this run's (with a negative setup time).
+    timing_file.unlink(missing_ok=True)
     ckpt = train(cfg)
     trained = time.perf_counter()
     results = evaluate(cfg, ckpt)
-    timing_file = Path(cfg.output_dir) / "timing.json"   # written by the TrainingClock callback
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    if not timing.get("steps"):
+        print(f"rcdm-demo: {ckpt} was already trained to the end: reused, no training step ran")
     results.update(checkpoint=str(ckpt), timing=timing, train_phase_seconds=round(trained - start, 1),
                    total_seconds=round(time.perf_counter() - start, 1))
     (Path(cfg.output_dir) / "demo.json").write_text(json.dumps(results, indent=2))
