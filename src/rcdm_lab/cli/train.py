@@ -128,10 +128,13 @@ def train(cfg: DictConfig) -> Path:
                        f"{cfg.trainer.max_steps} steps; how many fit depends on this machine's speed, so results "
                        "will differ between machines (set trainer.max_time=null to train a fixed number of steps)")
     last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
-    if trainer.checkpoint_callback is not None:
+    saver = trainer.checkpoint_callback
+    if saver is not None and getattr(saver, "_last_global_step_saved", -1) != trainer.global_step:
         # ModelCheckpoint saves every N steps only: a run whose max_steps is not a multiple of N (the demo: 650 with
         # N = 200) would otherwise end with last.ckpt at step 600 -- sampled from, and resumed for 50 more steps by
-        # every later `make demo`. Every rank calls this; the checkpoint IO writes once, atomically.
+        # every later `make demo`. Only then: a checkpoint saved at the final step inside the loop holds the RNG
+        # state of that moment, which an exact resume needs (after fit the data loader has drawn the next shuffle).
+        # Every rank calls this; the checkpoint IO writes once, atomically.
         trainer.save_checkpoint(last)
     rank_zero_info(f"rcdm-train: checkpoint {last} (step {trainer.global_step}); "
                    f"sample with: rcdm-sample ckpt={last} images=PATH")
