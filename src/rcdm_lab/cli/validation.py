@@ -76,7 +76,7 @@ TRAIN_RULES: list[Rule] = [
     integer("resolution", minimum=8),
     # encoder
     one_of("encoder.layer", LAYERS),
-    integer("encoder.input_size", minimum=16),
+    integer("encoder.input_size", minimum=16, optional=True),  # null: the size an encoder=local file records
     one_of("encoder.input_norm", INPUT_NORMS),
     flag("encoder.standardize"),
     # model
@@ -150,6 +150,9 @@ def validate_probe(cfg: DictConfig) -> None:
 def validate_train(cfg: DictConfig) -> None:
     check(cfg, TRAIN_RULES)
     check_sampling(cfg)
+    if cfg.encoder.get("name") == "factors" and cfg.data.get("flip"):
+        # A flipped shape has other factors (x, rotation; the crescent's bite changes side): no labels to look up.
+        raise RCDMError("encoder=factors (the oracle) has no labels for flipped images: add data.flip=false")
 
 
 def validate_sample(cfg: DictConfig) -> None:

@@ -83,6 +83,8 @@ class RCDMDataModule(L.LightningDataModule):
         """
         self.encoder = encoder
         self._encode_device = None if device is None else torch.device(device)
+        if hasattr(encoder, "attach_data"):  # the encoder=factors oracle encodes this module's items by their labels
+            encoder.attach_data(self.dataset)
 
     def _require_encoder(self) -> nn.Module:
         if self.encoder is None:

@@ -43,6 +43,11 @@ class FrozenEncoder(nn.Module):
         # f must be the same function in every phase: BatchNorm statistics and dropout never switch on.
         return super().train(False)
 
+    def attach_data(self, datasets) -> None:
+        """Give a trunk that reads dataset items (the `encoder=factors` oracle) the data module's `dataset(split)`."""
+        if hasattr(self.trunk, "attach_data"):
+            self.trunk.attach_data(datasets)
+
     def normalize(self, images: Tensor) -> Tensor:
         if self.input_norm == "official":
             return images * 2 - 1
