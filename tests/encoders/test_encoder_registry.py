@@ -12,8 +12,9 @@ SIZE = 32
 
 def test_known_encoders_are_the_built_in_names():
     assert known_encoders() == [
-        "barlow_resnet50", "dino_resnet50", "dino_vitb16", "dino_vits16", "mobilenet_v2", "random_resnet50",
-        "resnet18", "resnet50", "simclr_resnet50", "supervised_resnet50", "swav_resnet50", "vicreg_resnet50",
+        "barlow_resnet50", "dino_resnet50", "dino_vitb16", "dino_vits16", "factors", "local", "mobilenet_v2",
+        "random_resnet50", "resnet18", "resnet50", "simclr_resnet50", "supervised_resnet50", "swav_resnet50",
+        "vicreg_resnet50",
     ]
 
 

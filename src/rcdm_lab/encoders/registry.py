@@ -2,7 +2,8 @@
 
 Each name maps to a builder ``input_size -> EncoderParts``: an architecture at random init (only
 fixed-resolution models use input_size) plus where its weights come from. ``timm:<model_name>`` reaches
-any timm model. A new encoder is one more entry in :data:`ENCODER_BUILDERS`.
+any timm model. A new encoder is one more entry in :data:`ENCODER_BUILDERS`. ``local`` is an encoder trained by
+rcdm-pretrain: its architecture, head, normalisation and input size come from its file (``encoder.weights=PATH``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from rcdm_lab.encoders import heads
+from rcdm_lab.encoders import factors, heads
 from rcdm_lab.encoders.formats import CHECKPOINT_FORMATS, SplitWeights
 from rcdm_lab.encoders.frozen import INPUT_NORMS, FrozenEncoder
 from rcdm_lab.encoders.weights import (
@@ -35,6 +36,7 @@ RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 LAYERS = ("backbone", "head", *RESNET_STAGES)
 DEFAULT_INPUT_SIZE = 224
 TIMM_PREFIX = "timm:"
+LOCAL = "local"  # an rcdm-pretrain encoder file (rcdm_lab.pretrain.export): the file says what to build
 # Fixed so that every process building the same random encoder gets the same function (and digest).
 RANDOM_INIT_SEED = 0
 
@@ -166,6 +168,48 @@ PUBLISHER_URLS = {
     "dino_vitb16": f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
 }
 
+
+def _local_parts(input_size: int) -> EncoderParts:
+    raise RCDMError("encoder=local is built from its file: call build_encoder('local', weights=PATH)")
+
+
+def _local_encoder(layer: str, weights: str | None, input_size: int | None, input_norm: str) -> FrozenEncoder:
+    """An rcdm-pretrain encoder file as f: the recorded trunk (and head), normalisation and (default) input size."""
+    from rcdm_lab.pretrain.export import WEIGHTS_HINT, read_encoder_file  # lazy: pretrain imports encoders.heads
+
+    if layer in RESNET_STAGES:
+        raise RCDMError(f"encoder=local takes layer=backbone or layer=head: its small rcdm-pretrain ResNet has no "
+                        f"torchvision stage {layer}")
+    if weights in (None, "default", "random"):
+        raise RCDMError(f"encoder=local needs {WEIGHTS_HINT}"
+                        + (f", not encoder.weights={weights}" if weights is not None else ""))
+    record = read_encoder_file(weights)
+    input_size = record.input_size if input_size is None else input_size
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+        raise RCDMError(f"encoder.input_size must be a positive integer or null (the file's "
+                        f"{record.input_size} px), got {input_size!r}")
+    with torch.random.fork_rng(devices=[]):  # building draws random init, which the weights then replace
+        torch.manual_seed(RANDOM_INIT_SEED)
+        trunk, head = record.build_trunk(), record.build_head() if layer == "head" else None
+    origin = f"'{record.path}'"
+    source = f"the rcdm-pretrain trunk it records ({record.describe()})"
+    load_into(trunk, record.trunk_state, source, origin)
+    if head is not None:
+        load_into(head, record.head_state, f"the {record.method} projector head it records", origin)
+    return FrozenEncoder(
+        trunk,
+        name=LOCAL,
+        layer=layer,
+        dim=record.head_dim if head is not None else record.backbone_dim,
+        input_size=input_size,
+        input_norm=input_norm,
+        mean=record.mean,
+        std=record.std,
+        weights_digest=state_digest([trunk] if head is None else [trunk, head]),
+        head=head,
+    )
+
+
 # IMAGENET1K_V1 is what `pretrained=True` gave, i.e. the paper's supervised ResNet-50.
 ENCODER_BUILDERS: dict[str, Callable[[int], EncoderParts]] = {
     "mobilenet_v2": _mobilenet_v2,
@@ -180,6 +224,7 @@ ENCODER_BUILDERS: dict[str, Callable[[int], EncoderParts]] = {
     "swav_resnet50": _ssl_resnet50("SwAV", "swav", PUBLISHER_URLS["swav_resnet50"], "swav"),
     "dino_vits16": _dino_vit("vit_small_patch16_224.dino", PUBLISHER_URLS["dino_vits16"]),
     "dino_vitb16": _dino_vit("vit_base_patch16_224.dino", PUBLISHER_URLS["dino_vitb16"]),
+    LOCAL: _local_parts,  # built by _local_encoder from its file
 }
 
 
@@ -223,7 +268,7 @@ def _timm_parts(model_name: str, input_size: int) -> EncoderParts:
 
 def known_encoders() -> list[str]:
     """Built-in encoder names; any timm model is also reachable as ``timm:<model_name>``."""
-    return sorted(ENCODER_BUILDERS)
+    return sorted([*ENCODER_BUILDERS, factors.NAME])
 
 
 def _encoder_parts(name: str, input_size: int) -> EncoderParts:
@@ -244,12 +289,17 @@ def build_encoder(name: str, layer: str = "backbone", weights: str | None = "def
     """The frozen encoder f. ``weights``: "default" (the publisher's; None too), "random" or a file path.
 
     ``layer``: "backbone" (pooled trunk features), "head" (the SSL projector's output) or, for ResNets,
-    "layer1".."layer4" (the global-average-pooled output of that stage).
+    "layer1".."layer4" (the global-average-pooled output of that stage). ``input_size`` None: 224, or for
+    ``local`` (an rcdm-pretrain file as ``weights``) the size the file was trained at.
     """
     if layer not in LAYERS:
         raise RCDMError(f"unknown encoder.layer '{layer}'; use one of: {', '.join(LAYERS)}")
+    if name == factors.NAME:  # the oracle control: h = a dataset item's true factors, not a network's output
+        return factors.build_factor_encoder(layer, weights, input_size, input_norm)
     if input_norm not in INPUT_NORMS:
         raise RCDMError(f"unknown encoder.input_norm '{input_norm}'; use one of: {', '.join(INPUT_NORMS)}")
+    if name == LOCAL:
+        return _local_encoder(layer, None if weights is None else str(weights), input_size, input_norm)
     input_size = DEFAULT_INPUT_SIZE if input_size is None else input_size
     if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
         raise RCDMError(f"encoder.input_size must be a positive integer (e.g. 224), got {input_size!r}")
