@@ -20,15 +20,16 @@ from rcdm_lab.cli.common import hydra_entry, require_values
 from rcdm_lab.cli.experiment_runs import runs_to_render
 from rcdm_lab.cli.sample import pick_device
 from rcdm_lab.cli.validation import validate_eval
-from rcdm_lab.metrics import distances, faithfulness, fid, kde
+from rcdm_lab.metrics import distances, factors, faithfulness, fid, kde
 from rcdm_lab.trained_run import TrainedRun
 from rcdm_lab.viz.report import numbers, publish, write_json
 
 # name -> the module whose `evaluate(run, settings, sampling, out_dir)` computes it (and whose RULES check it).
-METRICS: dict[str, ModuleType] = {"faithfulness": faithfulness, "distances": distances, "fid": fid, "kde": kde}
+METRICS: dict[str, ModuleType] = {"faithfulness": faithfulness, "distances": distances, "fid": fid, "kde": kde,
+                                  "factors": factors}
 
 # What the one-line summary per metric prints (the JSON has everything).
-HEADLINE_NUMBERS = {"mean_rank", "mrr", "top1", "mean", "fid", "kid_mean", "is_mean", "measured_sigma"}
+HEADLINE_NUMBERS = {"mean_rank", "mrr", "top1", "mean", "fid", "kid_mean", "is_mean", "measured_sigma", "kept"}
 
 
 def load_run(cfg: DictConfig, ckpt: str) -> TrainedRun:

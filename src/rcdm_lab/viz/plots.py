@@ -1,4 +1,4 @@
-"""Figures for the representation-space metrics: distance box plots (paper Fig. 21/22), rank histograms (Fig. 17).
+"""Figures for the metrics: distance box plots (paper Fig. 21/22), rank histograms (Fig. 17), factors kept.
 
 Built on :class:`matplotlib.figure.Figure` directly rather than pyplot: no global figure registry, no backend
 selection, so plotting is safe from threads, in CI without a display, and never leaks open figures.
@@ -124,5 +124,48 @@ def rank_histogram(
     ax.set_ylabel("samples")
     ax.set_title(title)
     ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    return _save(figure, path)
+
+
+def factor_bars(
+    kept: Mapping[str, float],
+    intervals: Mapping[str, Sequence[float]],
+    chance: Mapping[str, float],
+    ceiling: Mapping[str, float | None],
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """One bar per factor (kept, with its [low, high] interval as an error bar), chance and ceiling as markers.
+
+    rcdm-eval metric=factors: a bar far above its chance marker and close to its ceiling marker is a factor the
+    samples keep from their conditioning. A None ceiling is left out.
+    """
+    if not kept:
+        raise RCDMError("factor_bars needs at least one factor")
+    names = list(kept)
+    values = _as_flat([kept[name] for name in names], "kept").tolist()
+    low_high = [list(intervals[name]) for name in names]
+    below = [max(0.0, v - lo) for v, (lo, _) in zip(values, low_high, strict=True)]
+    above = [max(0.0, hi - v) for v, (_, hi) in zip(values, low_high, strict=True)]
+    positions = list(range(len(names)))
+    figure = Figure(figsize=(max(5.0, 1.0 + 0.8 * len(names)), 4.0), layout="constrained")
+    ax = figure.add_subplot()
+    ax.bar(positions, values, width=0.6, color="tab:blue", alpha=0.8, label="kept (95 % interval)",
+           yerr=[below, above], capsize=4, ecolor="black")
+    ax.scatter(positions, [chance[name] for name in names], marker="_", s=600, linewidths=2.5, color="tab:red",
+               zorder=3, label="chance")
+    with_ceiling = [(p, ceiling[name]) for p, name in zip(positions, names, strict=True)
+                    if ceiling.get(name) is not None]
+    if with_ceiling:
+        ax.scatter([p for p, _ in with_ceiling], [c for _, c in with_ceiling], marker="v", s=60, color="tab:green",
+                   zorder=3, label="ceiling (classifier on the real images)")
+    rotate = len(names) > 6 or max(len(name) for name in names) > 10
+    ax.set_xticks(positions, names, rotation=30 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_ylim(0, 1.22)   # headroom for the legend above the bars
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_ylabel("kept: samples with the\nconditioning's value")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="upper center", ncol=3, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return _save(figure, path)
