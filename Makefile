@@ -9,7 +9,8 @@ PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test test-fast demo lint clean bench bench-cache bench-faithfulness bench-samplers figures
+.PHONY: install test test-fast demo lint clean bench bench-cache bench-faithfulness bench-samplers figures \
+	study-backbone-vs-head
 
 install: $(STAMP)
 
@@ -53,6 +54,12 @@ DEMO_CKPT ?= outputs/demo/checkpoints/last.ckpt
 bench-faithfulness: $(STAMP)
 	@test -f $(DEMO_CKPT) || { echo "no $(DEMO_CKPT): run make demo first (or pass DEMO_CKPT=...)"; exit 2; }
 	$(VENV)/bin/rcdm-eval -m ckpt=$(DEMO_CKPT) metric=faithfulness sampling=default,guided
+
+# Study experiments/backbone_vs_head (its README): pretrain supervised, SimCLR and VICReg encoders on shapes, an RCDM
+# on the backbone and the head of each plus the factor oracle, then what each keeps and a verdict per paper claim.
+# Resumes where it stopped; ARGS="--stages report" redoes only the tables.
+study-backbone-vs-head: $(STAMP)
+	$(PY) experiments/backbone_vs_head/study.py $(ARGS)
 
 # Paper items, one per conf/experiment/fig*.yaml and table*.yaml: `make fig03_augmentations [SCALE=cpu]` trains the
 # item's runs (rcdm-train -m experiment=...) and renders it (rcdm-figure, or rcdm-eval for a metric item).

@@ -45,3 +45,21 @@ def mean_interval(per_conditioning: Tensor, level: float = 0.95, resamples: int 
     result = stats.bootstrap((values,), np.mean, confidence_level=level, n_resamples=resamples, method=method,
                              rng=np.random.default_rng(seed))
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+
+
+def verdict(interval: tuple[float, float] | list[float], expected_sign: int = 1) -> str:
+    """A claim about a difference, judged by its interval: "reproduced" when the interval excludes 0 on the side the
+    claim names (`expected_sign` +1: the difference is positive; -1: negative), "not reproduced" when it excludes 0
+    on the other side, "inconclusive" when it contains 0."""
+    if expected_sign not in (1, -1):
+        raise ValueError(f"expected_sign must be +1 or -1, got {expected_sign}")
+    low, high = (float(v) * expected_sign for v in interval)
+    low, high = min(low, high), max(low, high)
+    if low > 0:
+        return VERDICTS[0]
+    if high < 0:
+        return VERDICTS[1]
+    return VERDICTS[2]
