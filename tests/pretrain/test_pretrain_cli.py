@@ -55,7 +55,7 @@ def test_the_defaults():
     assert cfg.method.temperature == 0.2 and cfg.epochs == 5 and cfg.batch_size == 128
     supervised = compose_config("pretrain", "method=supervised", "name_suffix=-w8")
     assert supervised.method.target == "shape" and supervised.name == "supervised-simclr-w8"
-    assert (supervised.epochs, supervised.batch_size) == (10, 32)  # one view per image: 2x the epochs
+    assert (supervised.epochs, supervised.batch_size) == (10, 128)  # one view per image: 2x the epochs
     assert compose_config("pretrain", "method=supervised", "epochs=3").epochs == 3
     vicreg = compose_config("pretrain", "method=vicreg").method
     assert (vicreg.invariance, vicreg.variance, vicreg.covariance) == (25.0, 25.0, 1.0)
