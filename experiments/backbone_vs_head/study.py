@@ -486,13 +486,40 @@ def _overall(by_setting: dict[str, dict[str, Any]]) -> str:
     return found.pop() if len(found) == 1 else "inconclusive"
 
 
+def parse_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> StudySettings:
+    """StudySettings from the command line: --work/--out, `--set field=value` and the stages' extra overrides."""
+    import dataclasses
+    import shlex
+
+    kinds = {f.name: f.type for f in dataclasses.fields(StudySettings)}
+    changes: dict[str, Any] = {"work": args.work, "out": args.out,
+                               "pretrain_overrides": tuple(shlex.split(args.pretrain_args)),
+                               "train_overrides": tuple(shlex.split(args.train_args))}
+    for assignment in args.set:
+        key, _, value = assignment.partition("=")
+        kind = str(kinds.get(key, ""))
+        if key not in kinds or key in changes or not value:
+            parser.error(f"--set {assignment}: use FIELD=VALUE with a field among "
+                         f"{sorted(set(kinds) - set(changes))}")
+        if kind.startswith("tuple"):
+            items = value.split(",")
+            changes[key] = tuple(float(v) for v in items) if "float" in kind else tuple(items)
+        else:
+            changes[key] = {"int": int, "float": float}.get(kind, str)(value)
+    return StudySettings(**changes)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {STAGES}")
     parser.add_argument("--work", type=Path, default=StudySettings.work)
     parser.add_argument("--out", type=Path, default=StudySettings.out)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a StudySettings field, e.g. --set num_conditionings=128 --set guidances=1,3")
+    parser.add_argument("--pretrain-args", default="", help="extra rcdm-pretrain overrides, e.g. 'epochs=10'")
+    parser.add_argument("--train-args", default="", help="extra rcdm-train overrides, e.g. 'trainer.max_steps=650'")
     args = parser.parse_args(argv)
-    settings = StudySettings(work=args.work, out=args.out)
+    settings = parse_settings(args, parser)
     stages = [s for s in args.stages.split(",") if s]
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
