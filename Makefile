@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test test-fast demo lint clean bench bench-cache bench-faithfulness bench-samplers figures \
+.PHONY: install test test-fast test-paper-items demo lint clean bench bench-cache bench-faithfulness bench-samplers figures \
 	study-backbone-vs-head
 
 install: $(STAMP)
@@ -30,6 +30,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Every paper item trained and rendered end to end (`make test` runs four representative ones): ~14 min on 2 cores.
+test-paper-items: $(STAMP)
+	RCDM_ALL_PAPER_ITEMS=1 $(PY) -m pytest tests/cli/test_paper_items.py -k end_to_end $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/rcdm-demo
