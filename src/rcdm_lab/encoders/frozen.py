@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -43,7 +46,7 @@ class FrozenEncoder(nn.Module):
         # f must be the same function in every phase: BatchNorm statistics and dropout never switch on.
         return super().train(False)
 
-    def attach_data(self, datasets) -> None:
+    def attach_data(self, datasets: Callable[[str], Any]) -> None:
         """Give a trunk that reads dataset items (the `encoder=factors` oracle) the data module's `dataset(split)`."""
         if hasattr(self.trunk, "attach_data"):
             self.trunk.attach_data(datasets)
