@@ -31,7 +31,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# Every paper item trained and rendered end to end (`make test` runs four representative ones): ~14 min on 2 cores.
+# Every paper item trained and rendered end to end (`make test` runs two representative ones): ~14 min on 2 cores.
 test-paper-items: $(STAMP)
 	RCDM_ALL_PAPER_ITEMS=1 $(PY) -m pytest tests/cli/test_paper_items.py -k end_to_end $(PYTEST_ARGS)
 

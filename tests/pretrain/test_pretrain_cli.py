@@ -51,11 +51,18 @@ def test_the_defaults():
     cfg = compose_config("pretrain")
     assert cfg.name == "simclr-simclr" and cfg.image_size == 32 and cfg.seed == 0
     assert list(cfg.network.widths) == [16, 32, 64] and cfg.network.blocks == 1
-    assert cfg.data.dataset.num_train == 3000 and cfg.data.dataset.num_val == 1000
-    assert cfg.method.temperature == 0.2 and cfg.epochs == 5 and cfg.batch_size == 128
+    assert cfg.data.dataset.num_train == 6000 and cfg.data.dataset.num_val == 1000
+    assert cfg.method.temperature == 0.2 and cfg.epochs == 10 and cfg.batch_size == 128
     supervised = compose_config("pretrain", "method=supervised", "name_suffix=-w8")
-    assert supervised.method.target == "shape" and supervised.name == "supervised-simclr-w8"
-    assert (supervised.epochs, supervised.batch_size) == (10, 128)  # one view per image: 2x the epochs
+    # The supervised method brings its own default augmentations (crop + flip), recorded in the run's name...
+    assert supervised.method.target == "shape" and supervised.name == "supervised-crop_only-w8"
+    assert supervised.augment.jitter_p == 0.0 and supervised.augment.grayscale_p == 0.0
+    assert (supervised.epochs, supervised.batch_size) == (20, 128)  # one view per image: 2x the epochs
+    # ... and an explicit augment= still wins over that default, in either order on the command line.
+    for overrides in (("method=supervised", "augment=simclr"), ("augment=simclr", "method=supervised")):
+        chosen = compose_config("pretrain", *overrides)
+        assert chosen.name == "supervised-simclr" and chosen.augment.jitter_p == 0.8
+    assert compose_config("pretrain", "method=vicreg").augment.name == "simclr"
     assert compose_config("pretrain", "method=supervised", "epochs=3").epochs == 3
     vicreg = compose_config("pretrain", "method=vicreg").method
     assert (vicreg.invariance, vicreg.variance, vicreg.covariance) == (25.0, 25.0, 1.0)
