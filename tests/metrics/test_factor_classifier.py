@@ -65,7 +65,7 @@ def _renders(split: str, count: int, source_size: int = 112, resolution: int = 3
 @pytest.mark.slow
 def test_the_classifier_reads_held_out_renders():
     # A reduced run (800 training renders, 10 epochs, default architecture; the defaults on the run's whole split
-    # read shape at 0.85 and colours and texture at >= 0.997, see the factor_classifier docstring): background
+    # read shape at 0.997 and colours and texture at >= 0.999, see the factor_classifier docstring): background
     # colour and texture are read almost perfectly already, object colour and position well, shape above chance.
     train_images, train_labels = _renders("train", 800, source_size=32)
     val_images, val_labels = _renders("val", 300, source_size=32)

@@ -8,17 +8,16 @@ training split's quantiles (`probe.quantile_bins`), so every factor is a classif
 held-out validation images says how far its readings of samples can be trusted; `metric=factors` reports it, and
 the accuracy on the conditionings themselves as each factor's ceiling.
 
-Measured with the defaults (conf/metric/factors.yaml) on `shapes` at 32 px (4 000 training and 1 000 validation
-images, seed 0, rendered at 112 px and resized as the demo's cache stores them), on a 2-core CPU shared with
-another job (1 torch thread, load ~3), 160 s of training -- held-out accuracy:
+Measured with the defaults (conf/metric/factors.yaml: two convs per stage, 32 epochs) on `shapes` at 32 px (4 000
+training and 1 000 validation images, seed 0, the study's data), 128 s on a 2-core AVX512-BF16 EPYC -- held-out
+accuracy:
 
-    shape 0.853   object_colour 0.997   background_colour 1.000   texture 1.000
-    scale 0.496   x 0.947               y 0.923                   rotation 0.317      (4 bins each: chance 0.25)
+    shape 0.997   object_colour 0.999   background_colour 1.000   texture 1.000
+    scale 0.623   x 0.935               y 0.935                   rotation 0.383      (4 bins each: chance 0.25)
 
-`classifier.epochs=24` reads shape at 0.926 (x 0.933, y 0.921, scale 0.481, rotation 0.356) in 1.5x the time.
-4 000 images are not enough for 95 % on shape within about two CPU minutes: shape is what costs epochs (the colours
-and the texture are read at >= 99.7 % after a few). Scale and rotation (modulo each shape's symmetry) are hard to
-read at 32 px; their low ceilings say so in every report.
+Shape is what costs capacity and epochs (the colours and the texture are read at >= 99.5 % after a few): one conv
+per stage read it at 0.855 in 16 epochs (38 s) and 0.926 in 24; width 16 at 24 epochs 0.959 (104 s). Scale and
+rotation (modulo each shape's symmetry) are hard to read at 32 px; their low ceilings say so in every report.
 
 Training is seeded with a fixed epoch count, and the result is cached under the data module's cache dir
 (`factor_classifiers/<key>.pt`, key = train and val fingerprints, resolution, settings), so every model trained on
@@ -115,9 +114,9 @@ class ClassifierSettings:
     """How the factor classifier is trained (conf/metric/factors.yaml `classifier:` documents each)."""
 
     width: int = 8
-    convs: int = 1
+    convs: int = 2
     shared: bool = False
-    epochs: int = 16
+    epochs: int = 32
     lr: float = 1e-2
     weight_decay: float = 5e-4
     batch_size: int = 64
