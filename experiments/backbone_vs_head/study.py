@@ -252,7 +252,7 @@ def report(settings: StudySettings) -> dict[str, Any]:
     chance = {f: chance_kept(oracle["truth"][f], oracle["num_classes"][f]) for f in factors}
     # Every model has the same conditionings: the classifier's accuracy on their real images is kept's ceiling.
     ceiling = {f: float((oracle["real_predicted"][f] == oracle["truth"][f]).double().mean()) for f in factors}
-    results: dict[str, Any] = {"settings": {key: str(value) if isinstance(value, Path) else value
+    results: dict[str, Any] = {"settings": {key: _shown(value) if isinstance(value, Path) else value
                                             for key, value in asdict(settings).items()},
                                "chance": chance, "ceiling": ceiling,
                                "varies_chance": {f: chance_varies(oracle["truth"][f], oracle["num_classes"][f])
@@ -328,6 +328,11 @@ def report(settings: StudySettings) -> dict[str, Any]:
     return results
 
 
+def _shown(path: Path) -> str:
+    """A path as results.json records it: relative to the repository when inside it (the file is committed)."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def _adversarial_samples(evaluated: dict[str, Any], settings: StudySettings) -> dict[str, Any]:
     """Per backbone and eps: the fraction of samples of the attacked h that show the image's true value of the
     attacked (first adversarial) factor."""
@@ -359,7 +364,7 @@ def _manipulation_summary(evaluated: dict[str, Any]) -> dict[str, Any]:
                 "kept_query": _interval(_kept(predicted, query, k)[differs]) if differs.sum() > 1 else None,
                 "took_target": _interval(_kept(predicted, target, k)[differs]) if differs.sum() > 1 else None,
             }
-        summary[method] = {"png": manipulation["png"], "mean_masked_dims": float(torch.tensor(
+        summary[method] = {"png": Path(manipulation["png"]).name, "mean_masked_dims": float(torch.tensor(
             manipulation["mask_sizes"]).double().mean()), "factors": per_factor}
     return summary
 
