@@ -37,6 +37,11 @@ def test_interval_shrinks_like_one_over_root_n_and_is_reproducible():
 
 def test_constant_values_and_bad_inputs():
     assert mean_interval(torch.full((8,), 0.25)) == (0.25, 0.25)
+    # Equal up to rounding (a mean over factors in SIMD lanes): a point, not BCa's NaN.
+    rounded = torch.full((40,), -0.26975, dtype=torch.float64)
+    rounded[:10] = float(np.nextafter(-0.26975, -1.0))  # one unit in the last place apart
+    low, high = mean_interval(rounded)
+    assert low == pytest.approx(-0.26975) and high == pytest.approx(-0.26975)
     with pytest.raises(RCDMError, match="at least 2"):
         mean_interval(torch.tensor([1.0]))
     with pytest.raises(RCDMError, match="NaN"):

@@ -40,8 +40,10 @@ def mean_interval(per_conditioning: Tensor, level: float = 0.95, resamples: int 
         raise RCDMError("bootstrap values hold NaN or inf")
     if not 0 < level < 1:
         raise RCDMError(f"confidence level must lie in (0, 1), got {level}")
-    if np.ptp(values) == 0:  # every resample has the same mean; BCa would divide by zero
-        return float(values[0]), float(values[0])
+    # Every resample has the same mean; BCa would divide by zero. "The same" up to rounding: a mean over factors
+    # computed in SIMD lanes differed by ~1e-17 between conditionings whose values were equal, and BCa gave NaN.
+    if np.ptp(values) <= 1e-12 * max(1.0, float(np.abs(values).max())):
+        return float(values.mean()), float(values.mean())
     result = stats.bootstrap((values,), np.mean, confidence_level=level, n_resamples=resamples, method=method,
                              rng=np.random.default_rng(seed))
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
