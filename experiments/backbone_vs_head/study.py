@@ -349,7 +349,10 @@ def _adversarial_samples(evaluated: dict[str, Any], settings: StudySettings) -> 
 
 
 def _manipulation_summary(evaluated: dict[str, Any]) -> dict[str, Any]:
-    """Per backbone and factor: how often the edited samples show the query's value, and how often the target's."""
+    """Per backbone and factor: how often the edited samples show the query's value, how often the target's, and how
+    much the factor varies among the k samples of one edited h."""
+    from rcdm_lab.metrics.factors import varies
+
     summary = {}
     for method in METHODS:
         manipulation = evaluated[f"{method}_backbone"]["manipulation"]
@@ -363,6 +366,7 @@ def _manipulation_summary(evaluated: dict[str, Any]) -> dict[str, Any]:
             per_factor[factor] = {
                 "kept_query": _interval(_kept(predicted, query, k)[differs]) if differs.sum() > 1 else None,
                 "took_target": _interval(_kept(predicted, target, k)[differs]) if differs.sum() > 1 else None,
+                "varies": _interval(varies(predicted.view(-1, k))) if k >= 2 else None,
             }
         summary[method] = {"png": Path(manipulation["png"]).name, "mean_masked_dims": float(torch.tensor(
             manipulation["mask_sizes"]).double().mean()), "factors": per_factor}
@@ -521,14 +525,16 @@ def _markdown(results: dict[str, Any], settings: StudySettings, factors: list[st
     lines += ["", "![fgsm](fgsm_flip_rate.png)", "", "## Manipulation (claim iv, Fig. 5 on each backbone)", "",
               "Each edited h takes the query's dims common to its 20 nearest training neighbours from a target "
               "image. Per factor (where query and target differ): fraction of samples showing the query's value / "
-              "the target's.", "", "| encoder | mean dims replaced | " + " | ".join(factors) + " |",
+              "the target's / varies (pairs of one edited h's samples that differ).", "",
+              "| encoder | mean dims replaced | " + " | ".join(factors) + " |",
               "|---" * (len(factors) + 2) + "|"]
     for method, entry in results["manipulation"].items():
         cells = []
         for factor in factors:
             value = entry["factors"].get(factor)
             cells.append("—" if value is None or value["kept_query"] is None else
-                         f"{value['kept_query']['mean']:.2f} / {value['took_target']['mean']:.2f}")
+                         f"{value['kept_query']['mean']:.2f} / {value['took_target']['mean']:.2f}"
+                         + (f" / {value['varies']['mean']:.2f}" if value.get("varies") else ""))
         lines.append(f"| {method} | {entry['mean_masked_dims']:.0f} | " + " | ".join(cells) + " |")
     for method, entry in results["manipulation"].items():
         lines.append(f"\n{method}: ![manipulation]({Path(entry['png']).name})")

@@ -101,6 +101,9 @@ def test_the_report_turns_known_differences_into_their_verdicts(tmp_path, backbo
     # Each conditioning's k samples show one value: nothing varies, whatever they show.
     assert results["models"]["simclr_head"]["varies_guidance_3"]["x"]["mean"] == 0.0
     assert results["adversarial"]["supervised"]["texture"]["flip_rate"]["2/255"] == float(supervised_flips)
+    # The edited h's samples all show the query's value (truth[:4], twice each): kept 1, nothing varies.
+    shape = results["manipulation"]["vicreg"]["factors"]["shape"]
+    assert (shape["kept_query"]["mean"], shape["varies"]["mean"]) == (1.0, 0.0)
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert f"**{expected}**" in markdown and "ceiling (classifier on the conditioning images)" in markdown
     for plot in ("kept_guidance_1.png", "kept_guidance_3.png", "fgsm_flip_rate.png"):
