@@ -180,10 +180,11 @@ def _adversarial(run: Any, classifier: Any, settings: StudySettings) -> dict[str
     items = run.val_items(n, "adversarial images")
     images = (items["x0"] + 1) / 2  # what the UNet generates: the same pixels for every encoder
     eps, names = parse_eps(list(settings.eps))
+    h_train, h_val = run.representations("train"), run.representations("val")  # read once for every probe
     per_factor, headline = {}, None
     for factor in settings.adversarial_factors:
-        probe, probe_metrics = train_linear_probe(run.representations("train"), labels_train[factor],
-                                                  run.representations("val"), labels_val[factor], factor=factor)
+        probe, probe_metrics = train_linear_probe(h_train, labels_train[factor], h_val, labels_val[factor],
+                                                  factor=factor)
         result = attack(run.pipeline.encoder, probe, images, eps)
         per_factor[factor] = {"probe": probe_metrics, "flipped": result.flipped,
                               "clean_correct": result.clean == labels_val[factor][:n]}
