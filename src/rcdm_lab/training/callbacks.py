@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ class SampleGridCallback(L.Callback):
 
     Writes `<output_dir>/samples/step_XXXXXXX.png` (first column: the conditioning image) and logs it to wandb when
     that is the logger. The conditionings and the noise are the same each time, so grids are comparable over steps.
+    Only the sampling runs inside the training loop (it needs the model); assembling the grid, the PNG and the wandb
+    upload happen on a background thread, joined before training ends. The first preview prints what it cost the
+    loop against the training time of one interval, so a user sees when previews are too frequent.
     """
 
     def __init__(self, *, sampling: Mapping[str, Any], every_n_steps: int = 1000, num_conditionings: int = 8,
@@ -32,6 +36,13 @@ class SampleGridCallback(L.Callback):
         self.output_dir = output_dir
         self._items: dict | None = None
         self._last_step = -1
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+        self._loop_start: tuple[float, int] | None = None   # (perf_counter, global_step) when training started
+        self.blocked_seconds: list[float] = []               # time each preview held the training loop
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._loop_start = (time.perf_counter(), trainer.global_step)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -41,10 +52,26 @@ class SampleGridCallback(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step != self._last_step:
             self.write_grid(trainer, pl_module)
+        self.wait()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.wait()   # grids already sampled are still written
+
+    def wait(self) -> list[Path]:
+        """Block until every grid handed to the writer thread is on disk (and logged); their paths."""
+        done, self._pending = self._pending, []
+        try:
+            return [future.result() for future in done]
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
 
     @rank_zero_only
-    def write_grid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
-        self._last_step = trainer.global_step
+    def write_grid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Future:
+        """Sample now; the grid's PNG (and wandb image) follow on the writer thread (`wait()` joins it)."""
+        started = time.perf_counter()
+        self._last_step = step = trainer.global_step
         if self._items is None:
             self._items = trainer.datamodule.val_items(self.num_conditionings)
         pipeline = pl_module.pipeline()
@@ -53,15 +80,36 @@ class SampleGridCallback(L.Callback):
             sampling["guidance"] = 1.0   # a model trained without condition dropout has no null representation
         was_training = pipeline.unet.training
         pipeline.unet.eval()  # Lightning keeps the whole module (the EMA copy too) in train mode: no dropout here
-        samples = pipeline.sample(self._items["h"], self.samples_per_conditioning, **sampling)
+        samples = pipeline.sample(self._items["h"], self.samples_per_conditioning, **sampling).cpu()
         pipeline.unet.train(was_training)
-        grid = conditioning_grid(self._items["image"], samples)
         folder = Path(self.output_dir or trainer.default_root_dir) / "samples"
-        path = save_png(grid, folder / f"step_{trainer.global_step:07d}.png", upscale=2)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image("samples", [str(path)], step=trainer.global_step)
-        return path
+        wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample-grid")
+        future = self._writer.submit(_write_grid_png, self._items["image"], samples, folder / f"step_{step:07d}.png",
+                                     wandb_loggers, step)
+        self._pending.append(future)
+        self._report_cost(time.perf_counter() - started, step)
+        return future
+
+    def _report_cost(self, blocked: float, step: int) -> None:
+        self.blocked_seconds.append(blocked)
+        if len(self.blocked_seconds) != 1 or self._loop_start is None:
+            return
+        start_time, start_step = self._loop_start
+        steps = step - start_step
+        if steps <= 0:
+            return
+        per_interval = (time.perf_counter() - start_time - blocked) / steps * self.every_n_steps
+        rank_zero_info(f"preview grid: {blocked:.1f} s of the training loop every {self.every_n_steps} steps "
+                       f"({100 * blocked / (blocked + per_interval):.1f}% of training time at the current speed)")
+
+
+def _write_grid_png(images, samples, path: Path, wandb_loggers: list, step: int) -> Path:
+    written = save_png(conditioning_grid(images, samples), path, upscale=2)
+    for logger in wandb_loggers:
+        logger.log_image("samples", [str(written)], step=step)
+    return written
 
 
 class TrainingClock(L.Callback):
