@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from rcdm_lab.data.folder import FolderDataset, list_images, load_image
-from rcdm_lab.errors import RCDMError
+from rcdm_lab.errors import RCDMError, UnreadableImageError
 
 SIZE = 16
 
@@ -39,22 +39,19 @@ def _write_mixed_folder(root):
     (root / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
 
 
-def _build_with_warnings(**kwargs):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        dataset = FolderDataset(**kwargs)
-    return dataset, [w for w in caught if "unreadable" in str(w.message)]
-
-
-def test_awkward_formats_load_and_broken_files_are_skipped_with_one_warning(tmp_path):
+def test_awkward_formats_load_and_broken_files_raise_only_when_read(tmp_path):
     _write_mixed_folder(tmp_path)
-    dataset, skipped = _build_with_warnings(root=tmp_path, image_size=SIZE, val_fraction=0.0)
-    assert sorted(dataset.relative_paths) == ["cmyk.jpg", "good.jpg", "grey.png", "grey16.png", "palette.png",
-                                              "rgba.png"]
-    assert len(skipped) == 1
-    message = str(skipped[0].message)
-    assert "skipped 2 " in message and "corrupt.png" in message and "truncated.jpg" in message
-    for index in range(len(dataset)):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # construction decodes nothing, so it has nothing to warn about
+        dataset = FolderDataset(root=tmp_path, image_size=SIZE, val_fraction=0.0)
+    assert dataset.relative_paths == ["cmyk.jpg", "corrupt.png", "good.jpg", "grey.png", "grey16.png", "palette.png",
+                                      "rgba.png", "truncated.jpg"]
+    for index, name in enumerate(dataset.relative_paths):
+        if name in ("corrupt.png", "truncated.jpg"):
+            with pytest.raises(UnreadableImageError, match=f"{name}.*rcdm-scan") as caught:
+                dataset[index]
+            assert caught.value.relative_path == name and caught.value.root == str(tmp_path)
+            continue
         image = dataset[index]["image"]
         assert image.shape == (3, SIZE, SIZE) and image.dtype == torch.float32
         assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
@@ -98,18 +95,20 @@ def test_unreadable_file_given_directly_raises_naming_it(tmp_path):
         load_image(tmp_path / "corrupt.png")
 
 
-def test_empty_missing_or_unreadable_folders_raise(tmp_path):
+def test_empty_missing_or_file_roots_raise(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("not an image")
     with pytest.raises(RCDMError, match=r"no images found in .*empty.*\.jpg"):
         FolderDataset(tmp_path / "empty")
     with pytest.raises(RCDMError, match="does not exist"):
         FolderDataset(tmp_path / "missing")
-    (tmp_path / "broken").mkdir()
-    (tmp_path / "broken" / "a.png").write_bytes(b"not a png")
-    with pytest.raises(RCDMError, match="no readable train images"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        FolderDataset(tmp_path / "broken", val_fraction=0.0)
+    (tmp_path / "image.png").write_bytes(b"not a png")
+    with pytest.raises(RCDMError, match="is a file: give the folder"):
+        FolderDataset(tmp_path / "image.png")
+    (tmp_path / "one").mkdir()
+    Image.new("L", (4, 4)).save(tmp_path / "one" / "only.png")
+    with pytest.raises(RCDMError, match="no readable val images"):
+        FolderDataset(tmp_path / "one", "val", val_fraction=0.0)
 
 
 def test_class_subfolders_give_class_labels(tmp_path):

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from rcdm_lab.data.base import RCDMDataset
-from rcdm_lab.errors import RCDMError
+from rcdm_lab.data.file_index import FileIndex, folder_index, list_folder
+from rcdm_lab.errors import RCDMError, UnreadableImageError
 from rcdm_lab.resize import resize_and_center_crop_pil
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -34,31 +32,22 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 # Bump whenever decoding changes pixels: it is part of the fingerprint, so stale caches get rebuilt.
 DECODER_VERSION = 1
 _SPLITS = ("train", "val", "all")
-# Below this many files the decode scan is quick enough not to deserve a progress bar.
-_PROGRESS_BAR_MIN_FILES = 500
 _WARN_EXAMPLES = 3
-
-
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 def list_images(path: str | Path) -> list[Path]:
     """A file -> [file]; a folder -> its images, recursively, sorted by relative path (hidden skipped)."""
     path = Path(path)
     if path.is_file():
-        if not _is_image_name(path):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith("."):
             raise RCDMError(f"{path} is not an image: accepted extensions are {', '.join(IMAGE_EXTENSIONS)}")
         return [path]
     if not path.is_dir():
         raise RCDMError(f"image folder {path} does not exist: check the path")
-    found = []
-    for folder, subfolders, files in os.walk(path, followlinks=True):
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        found.extend(Path(folder) / name for name in files if _is_image_name(Path(name)))
+    found = [path / relative for relative in list_folder(path, IMAGE_EXTENSIONS).relative_paths]
     if not found:
         raise RCDMError(f"no images found in {path}: add images with extension {', '.join(IMAGE_EXTENSIONS)}")
-    return sorted(found, key=lambda p: p.relative_to(path).as_posix())
+    return found
 
 
 def _sixteen_bit_to_8bit(image: Image.Image) -> Image.Image:
@@ -136,27 +125,22 @@ def _assign_split(relative_paths: list[str], val_fraction: float) -> list[str]:
     return splits
 
 
-def _readable(path: Path, size: int) -> str | None:
-    """None when the file decodes, else the reason it does not."""
+def unreadable_reason(path: Path, min_size: int | None = None) -> str | None:
+    """None when `path` decodes (at `min_size`, see _decode), else why not, in one line."""
     try:
-        _decode(path, size)
+        _decode(path, min_size)
     except Exception as error:  # any decoder failure means the file is unusable
         return f"{type(error).__name__}: {error}"
     return None
-
-
-def _scan(paths: list[Path], size: int, description: str) -> list[str | None]:
-    # Decoding releases the GIL, so threads give a real speed-up on big folders.
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        results = pool.map(lambda p: _readable(p, size), paths)
-        bar = tqdm(results, total=len(paths), desc=description, disable=len(paths) < _PROGRESS_BAR_MIN_FILES)
-        return list(bar)
 
 
 class FolderDataset(RCDMDataset):
     """Images under `root`; items are {"image": (3, S, S) in [0, 1], "labels": {"class": LongTensor}}.
 
     The class is the index of the file's top-level subfolder in `classes` (files directly in root: "").
+    Construction decodes nothing: it reads the folder's file index (rcdm_lab/data/file_index.py), cached in
+    `index_dir` when given, and leaves out only the files `rcdm-scan` found unreadable. Any other unreadable file
+    raises UnreadableImageError when its item is read, for the reader to skip.
     """
 
     factor_kinds = {"class": "class"}
@@ -167,6 +151,7 @@ class FolderDataset(RCDMDataset):
         split: str = "train",
         image_size: int = 64,
         val_fraction: float = 0.1,
+        index_dir: str | Path | None = None,
     ) -> None:
         if split not in _SPLITS:
             raise RCDMError(f"folder dataset split must be one of {list(_SPLITS)}, got {split!r}")
@@ -176,37 +161,57 @@ class FolderDataset(RCDMDataset):
         self.split = split
         self.image_size = int(image_size)
         self.val_fraction = float(val_fraction)
+        if not self.root.is_dir():
+            if self.root.exists():
+                raise RCDMError(f"data.dataset.root={self.root} is a file: give the folder that holds the images")
+            raise RCDMError(f"image folder {self.root} does not exist: check the path")
 
-        all_paths = list_images(self.root)
-        relative = [p.relative_to(self.root).as_posix() for p in all_paths]
-        top_levels = [r.split("/")[0] if "/" in r else "" for r in relative]
+        index, _ = folder_index(self.root, IMAGE_EXTENSIONS, index_dir)
+        relative = index.relative_paths
+        if not relative:
+            raise RCDMError(f"no images found in {self.root}: add images with extension {', '.join(IMAGE_EXTENSIONS)}")
+        top_levels = [r.split("/", 1)[0] if "/" in r else "" for r in relative]
         self.classes: list[str] = sorted(set(top_levels))
         splits = _assign_split(relative, self.val_fraction) if split != "all" else [split] * len(relative)
         chosen = [i for i, s in enumerate(splits) if s == split]
-
-        failures = _scan([all_paths[i] for i in chosen], self.image_size, f"checking images ({split})")
-        bad = [(relative[i], why) for i, why in zip(chosen, failures, strict=True) if why is not None]
-        if bad:
-            examples = ", ".join(f"{name} ({why})" for name, why in bad[:_WARN_EXAMPLES])
-            more = f" and {len(bad) - _WARN_EXAMPLES} more" if len(bad) > _WARN_EXAMPLES else ""
-            warnings.warn(
-                f"skipped {len(bad)} unreadable image file(s) in {self.root}: {examples}{more}",
-                stacklevel=2,
-            )
-        kept = [i for i, why in zip(chosen, failures, strict=True) if why is None]
+        kept = self._without_unreadable(chosen, index)
         if not kept:
             raise RCDMError(
-                f"no readable {split} images in {self.root} ({len(all_paths)} files found, val_fraction="
+                f"no readable {split} images in {self.root} ({len(relative)} files found, val_fraction="
                 f"{self.val_fraction}): add readable images ({', '.join(IMAGE_EXTENSIONS)}) "
                 "or change data.dataset.val_fraction"
             )
-        self.paths: list[Path] = [all_paths[i] for i in kept]
+        class_of = {name: number for number, name in enumerate(self.classes)}
         self.relative_paths: list[str] = [relative[i] for i in kept]
-        self.targets: list[int] = [self.classes.index(top_levels[i]) for i in kept]
-        self._fingerprint: str | None = None  # computed once: it stats every file
+        self.targets: list[int] = [class_of[top_levels[i]] for i in kept]
+        # The index's stat results, so the fingerprint never stats a file again.
+        self._sizes = index.sizes[kept]
+        self._mtimes_ns = index.mtimes_ns[kept]
+        self._fingerprint: str | None = None
+
+    def _without_unreadable(self, chosen: list[int], index: FileIndex) -> list[int]:
+        """`chosen` less the files the index knows to be unreadable, named in one warning."""
+        if not index.unreadable:
+            return chosen
+        bad = [index.relative_paths[i] for i in chosen if index.relative_paths[i] in index.unreadable]
+        if bad:
+            examples = ", ".join(f"{name} ({index.unreadable[name]})" for name in bad[:_WARN_EXAMPLES])
+            more = f" and {len(bad) - _WARN_EXAMPLES} more" if len(bad) > _WARN_EXAMPLES else ""
+            finder = "rcdm-scan" if index.scanned else "the file listing"
+            warnings.warn(
+                f"excluded {len(bad)} unreadable image file(s) of {self.root} that {finder} found: {examples}{more}; "
+                f"after replacing them, run `rcdm-scan {self.root}` again",
+                stacklevel=3,
+            )
+        return [i for i in chosen if index.relative_paths[i] not in index.unreadable]
+
+    @property
+    def paths(self) -> list[Path]:
+        """The absolute path of every item, built on demand (items are read by relative path)."""
+        return [self.root / relative for relative in self.relative_paths]
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.relative_paths)
 
     def labels(self, index: int) -> dict[str, Tensor]:
         return {"class": torch.tensor(self.targets[index], dtype=torch.long)}
@@ -217,12 +222,11 @@ class FolderDataset(RCDMDataset):
         return tuple(self.classes)
 
     def __getitem__(self, index: int) -> dict:
-        path = self.paths[index]
+        relative = self.relative_paths[index]
         try:
-            image = _decode(path, self.image_size)
-        except Exception as error:  # the file changed since the scan at construction
-            message = f"cannot read image {path} ({error}): it changed after the dataset was built"
-            raise RCDMError(message) from error
+            image = _decode(self.root / relative, self.image_size)
+        except Exception as error:  # any decoder failure means the file is unusable; the reader decides to skip
+            raise UnreadableImageError(relative, f"{type(error).__name__}: {error}", root=str(self.root)) from error
         image = resize_and_center_crop_pil(image, self.image_size)
         return {"image": to_tensor(image), "labels": self.labels(index)}
 
@@ -232,10 +236,8 @@ class FolderDataset(RCDMDataset):
         return self._fingerprint
 
     def _compute_fingerprint(self) -> str:
-        files = []
-        for path, relative in zip(self.paths, self.relative_paths, strict=True):
-            stat = path.stat()
-            files.append((relative, stat.st_size, stat.st_mtime_ns))
+        # The same recipe as when every file was stat-ed here, so caches keyed on it survived the file index.
+        files = list(zip(self.relative_paths, self._sizes.tolist(), self._mtimes_ns.tolist(), strict=True))
         recipe = {
             "dataset": "folder",
             "decoder_version": DECODER_VERSION,
