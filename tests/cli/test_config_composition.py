@@ -53,7 +53,7 @@ _TRAINER = {"_target_": "lightning.pytorch.Trainer", "accelerator": "cpu", "devi
             "enable_progress_bar": True}
 _DIFFUSION = {"schedule": "linear", "num_timesteps": 1000, "learn_sigma": True}
 _DATA = {"_target_": "rcdm_lab.data.RCDMDataModule", "resolution": 32, "batch_size": 32, "num_workers": 0,
-         "flip": True, "cache": True, "cache_dir": ".cache/rcdm_lab", "source_size": None,
+         "flip": True, "cache": True, "cache_dir": ".cache/rcdm_lab", "cache_dtype": "float32", "source_size": None,
          "dataset": {"_target_": "rcdm_lab.data.ShapesDataset", "_partial_": True, "num_train": 10000,
                      "num_val": 1000, "seed": 0}}
 _UNET_64PX = {"_target_": "rcdm_lab.models.UNetModel", "model_channels": 64, "num_res_blocks": 2,
@@ -82,7 +82,8 @@ def _resolved(cfg, group: str):
     ([], "data", _DATA),
     (["data=folder", "data.dataset.root=/images"], "data",
      {**_DATA, "num_workers": 2, "dataset": {"_target_": "rcdm_lab.data.FolderDataset", "_partial_": True,
-                                             "root": "/images", "val_fraction": 0.05}}),
+                                             "root": "/images", "val_fraction": 0.05,
+                                             "index_dir": ".cache/rcdm_lab/folder_index"}}),
     (["data=cifar10", "resolution=64px"], "data",
      {**_DATA, "num_workers": 2, "resolution": 64, "dataset": {"_target_": "rcdm_lab.data.Cifar10Dataset",
                                                                "_partial_": True, "root": "data/cifar10",

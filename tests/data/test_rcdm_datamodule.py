@@ -1,4 +1,5 @@
 import functools
+import warnings
 
 import lightning as L
 import pytest
@@ -8,7 +9,7 @@ from rcdm_lab.data.base import RCDMDataset
 from rcdm_lab.data.cache import RepresentationCache
 from rcdm_lab.data.datamodule import RCDMDataModule
 from rcdm_lab.data.shapes import ShapesDataset
-from rcdm_lab.errors import RCDMError
+from rcdm_lab.errors import RCDMError, UnreadableImageError
 from rcdm_lab.resize import to_x0
 
 RESOLUTION, BATCH, NUM_TRAIN, NUM_VAL = 16, 8, 24, 8
@@ -173,3 +174,82 @@ def test_lightning_fit_sees_h_in_both_modes(tmp_path, make_encoder, cache):
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=datamodule)
     assert model.seen == 2
+
+
+UNREADABLE_TRAIN = {2, 11, 12}
+
+
+class _PartlyUnreadableShapes(ShapesDataset):
+    """Training items 2, 11 and 12 raise as a truncated file does (lazily, when decoded)."""
+
+    def __getitem__(self, index: int) -> dict:
+        if self.split == "train" and index in UNREADABLE_TRAIN:
+            raise UnreadableImageError(f"train/img_{index}.jpg", "truncated")
+        return super().__getitem__(index)
+
+
+partly_unreadable = functools.partial(_PartlyUnreadableShapes, num_train=NUM_TRAIN, num_val=NUM_VAL)
+
+
+def test_cached_batches_never_contain_an_unreadable_image(tmp_path, make_encoder):
+    datamodule = RCDMDataModule(partly_unreadable, resolution=RESOLUTION, batch_size=7,
+                                cache_dir=str(tmp_path / "cache"), cache_batch_size=8)
+    datamodule.attach_encoder(make_encoder())
+    with pytest.warns(UserWarning, match="3 unreadable image"):
+        datamodule.prepare_data()
+    datamodule.setup("fit")
+    seen = torch.cat([batch["index"] for batch in _epoch(datamodule.train_dataloader())]).tolist()
+    assert len(seen) == 21 and not set(seen) & UNREADABLE_TRAIN   # 24 - 3 readable items, 3 batches of 7
+    assert "unreadable" not in next(iter(datamodule.train_dataloader()))
+    cache = RepresentationCache.open(datamodule.cache_dir, datamodule.cache_key("train"))
+    mean, _ = datamodule.representation_stats()
+    readable = sorted(set(range(NUM_TRAIN)) - UNREADABLE_TRAIN)
+    assert torch.allclose(mean, torch.stack([cache.get(i, False) for i in readable]).mean(0), atol=1e-6)
+
+
+def test_live_batches_replace_unreadable_images_and_warn_once_per_report(tmp_path, make_encoder):
+    live = RCDMDataModule(partly_unreadable, resolution=RESOLUTION, batch_size=BATCH, cache=False,
+                          cache_dir=str(tmp_path / "cache"), cache_batch_size=8)
+    live.attach_encoder(make_encoder())
+    live.prepare_data()
+    live.setup("fit")
+    batches = _epoch(live.train_dataloader())
+    assert all(len(batch["index"]) == BATCH for batch in batches)     # replaced, not dropped: full batches
+    assert not set(torch.cat([b["index"] for b in batches]).tolist()) & UNREADABLE_TRAIN
+    for batch in batches:
+        assert "unreadable" not in live.on_after_batch_transfer(batch, 0)
+    with pytest.warns(UserWarning) as caught:
+        live.report_unreadable("in training epoch 0")
+    assert len(caught) == 1 and str(caught[0].message).startswith(
+        "3 unreadable image(s) skipped in training epoch 0: train/img_11.jpg (truncated), train/img_12.jpg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        live.report_unreadable("in training epoch 1")   # nothing new since the last report
+    mean, std = live.representation_stats()              # live statistics skip them too
+    assert torch.isfinite(mean).all() and torch.all(std > 0)
+
+
+def test_cache_dtype_is_checked_and_float16_is_another_cache(tmp_path, make_encoder):
+    with pytest.raises(RCDMError, match="data.cache_dtype='half'"):
+        RCDMDataModule(shapes, cache_dtype="half")
+    full = _datamodule(tmp_path, make_encoder())
+    half = _datamodule(tmp_path, make_encoder(), cache_dtype="float16")
+    assert half.cache_key("train") != full.cache_key("train")
+    batch = next(iter(half.val_dataloader()))
+    assert batch["h"].dtype == torch.float32
+    assert torch.allclose(batch["h"], next(iter(full.val_dataloader()))["h"], rtol=2**-10, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_live_training_names_the_unreadable_images_once_per_epoch(tmp_path, make_encoder):
+    encoder = make_encoder()
+    datamodule = RCDMDataModule(partly_unreadable, resolution=RESOLUTION, batch_size=BATCH, cache=False,
+                                cache_dir=str(tmp_path / "cache"), encoder=encoder)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(_ExpectsRepresentations(encoder.dim), datamodule=datamodule)
+    messages = [str(w.message) for w in caught if "unreadable" in str(w.message)]
+    assert [message.split(":")[0] for message in messages] == [
+        "3 unreadable image(s) skipped in training epoch 0", "3 unreadable image(s) skipped in training epoch 1"]

@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import torch
 from rcdm_lab.data import cache as cache_module
 from rcdm_lab.data.cache import RepresentationCache, cache_key
 from rcdm_lab.data.shapes import ShapesDataset
-from rcdm_lab.errors import RCDMError
+from rcdm_lab.errors import RCDMError, UnreadableImageError
 from rcdm_lab.resize import quantise, resize_to_resolution
 
 SOURCE, RESOLUTION, ITEMS, BATCH = 24, 16, 20, 4
@@ -122,3 +123,70 @@ def test_cache_pickles_without_its_memmaps(tmp_path, dataset, make_encoder):
     cache.get(0, False)
     clone = pickle.loads(pickle.dumps(cache))
     assert clone._reps is None and torch.equal(clone.get(4, True), cache.get(4, True))
+
+
+def test_float32_keys_are_the_keys_existing_caches_were_built_under():
+    identity = {"name": "tiny", "dim": 5}
+    # Digests of the recipe before cache_dtype existed: float32 caches built then must still be found.
+    assert cache_key(identity, "fp", 16) == cache_key(identity, "fp", 16, dtype="float32") == "5e08791d5d2db9ba"
+    assert cache_key(identity, "fp", 16, flips=False) == "3aea1722e8750c8b"
+    assert cache_key(identity, "fp", 16, dtype="float16") not in {"5e08791d5d2db9ba", "3aea1722e8750c8b"}
+    with pytest.raises(RCDMError, match="data.cache_dtype='bfloat16'.*float16"):
+        cache_key(identity, "fp", 16, dtype="bfloat16")
+
+
+def test_float16_cache_takes_half_the_disk_and_reads_back_float32(tmp_path, dataset, make_encoder):
+    full = _build(tmp_path, dataset, make_encoder())
+    half = RepresentationCache.build(tmp_path, "half", dataset, make_encoder(), batch_size=BATCH, progress=False,
+                                     meta={"split": "train"}, resolution=RESOLUTION, dtype="float16")
+    assert full.reps.dtype == np.float32 and half.reps.dtype == np.float16 and half.dtype == "float16"
+    header = 128  # .npy header
+    assert (tmp_path / "half" / "reps.npy").stat().st_size - header == ((tmp_path / "k" / "reps.npy").stat().st_size
+                                                                        - header) // 2
+    assert "dtype" not in full.meta and half.meta["dtype"] == "float16"
+    h16, h32 = half.get(3, True), full.get(3, True)
+    assert h16.dtype == torch.float32 and not torch.equal(h16, h32)
+    assert torch.allclose(h16, h32, rtol=2**-10, atol=1e-6)   # float16 keeps 11 significant bits
+    assert torch.allclose(half.stats()[0], full.stats()[0], rtol=1e-3, atol=1e-5)
+    with pytest.raises(RCDMError, match="cache_dtype"):
+        RepresentationCache.build(tmp_path, "bad", dataset, make_encoder(), progress=False, dtype="int8")
+
+
+def test_representations_beyond_float16s_range_are_refused(tmp_path, dataset, make_encoder):
+    encoder = make_encoder()
+    encoder.weight.mul_(1e6)
+    with pytest.raises(RCDMError, match="float16's range.*data.cache_dtype=float32"):
+        RepresentationCache.build(tmp_path, "big", dataset, encoder, batch_size=BATCH, progress=False,
+                                  dtype="float16")
+
+
+class _PartlyUnreadable(ShapesDataset):
+    """Items 1 and 13 raise like a truncated file does."""
+
+    def __getitem__(self, index):
+        if index in (1, 13):
+            raise UnreadableImageError(f"img_{index}.jpg", "truncated")
+        return super().__getitem__(index)
+
+
+def test_unreadable_images_become_recorded_zero_rows_and_one_warning(tmp_path, make_encoder):
+    dataset = _PartlyUnreadable(image_size=SOURCE, num_train=ITEMS)
+    crashing = make_encoder(fail_after=2)   # dies after the batches [0, 4) (with item 1) and [4, 8)
+    with pytest.raises(RuntimeError, match="simulated crash"), warnings.catch_warnings():
+        warnings.simplefilter("error")      # no warning for an unfinished build
+        _build(tmp_path, dataset, crashing)
+    with pytest.warns(UserWarning) as caught:
+        cache = _build(tmp_path, dataset, make_encoder())
+    messages = [str(w.message) for w in caught if "unreadable" in str(w.message)]
+    assert len(messages) == 1
+    assert messages[0].startswith("2 unreadable image(s) skipped while caching representations of the train split")
+    assert "img_1.jpg (truncated), img_13.jpg (truncated)" in messages[0]
+    assert cache.unreadable == {1: ("img_1.jpg", "truncated"), 13: ("img_13.jpg", "truncated")}  # across the resume
+    assert not cache.get(13, True).any() and cache.get(12, True).any() and cache.get(14, True).any()
+    readable = cache.readable_indices()
+    assert len(readable) == ITEMS - 2 and 1 not in readable and 13 not in readable
+    reference = torch.from_numpy(np.array(cache.reps[readable, 0])).mean(0)
+    assert torch.allclose(cache.stats()[0], reference, atol=1e-6)   # zero rows left out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _build(tmp_path, dataset, make_encoder())   # reopening a complete cache warns no more

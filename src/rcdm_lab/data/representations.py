@@ -4,6 +4,10 @@ With a representation cache, h and the image at the diffusion resolution are rea
 encoder); without one, items are decoded and encoded on the spot. Both paths give the same numbers (the cache
 stores exactly what the live path computes), so callers -- training batches, previews, TrainedRun, probes,
 metrics -- never branch on which one they got.
+
+Unreadable images never reach a batch: the cache lists them (unreadable.json) and TrainingItems leaves their rows
+out; live, an item whose file raises UnreadableImageError is replaced by the next readable one and named in the
+batch's "unreadable" entry, which the data module collects and reports once per epoch.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from torch.utils.data import Dataset, default_collate
 
 from rcdm_lab.data.base import RCDMDataset
 from rcdm_lab.data.cache import RepresentationCache, encoder_on, module_device
+from rcdm_lab.errors import RCDMError, UnreadableImageError
 from rcdm_lab.resize import to_x0, uint8_to_x0
 
 # Statistics of h without a cache encode at most this many items.
@@ -52,6 +57,10 @@ class RepresentationSource:
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def readable_indices(self) -> np.ndarray:
+        """Items known to decode: all but the cache's unreadable rows (live, every item: found when decoded)."""
+        return self.cache.readable_indices() if self.cached else np.arange(len(self.dataset))
 
     # ------------------------------------------------------------------------------------------- per item
     def training_item(self, index: int, flipped: bool) -> dict[str, Any]:
@@ -126,9 +135,21 @@ class RepresentationSource:
         count = min(len(self.dataset), STATS_MAX_ITEMS)
         # Evenly spaced, so a folder sorted by class contributes every class.
         indices = np.unique(np.linspace(0, len(self.dataset) - 1, count).round().astype(int)).tolist()
-        h = self.representations(indices).double()
+        h = self.representations(_decodable(self.dataset, indices)).double()
         std = h.std(dim=0) if len(h) > 1 else torch.zeros(h.shape[1], dtype=h.dtype)
         return h.mean(dim=0).float(), std.float()
+
+
+def _decodable(dataset: RCDMDataset, indices: list[int]) -> list[int]:
+    """`indices` without the items whose image cannot be decoded (each is decoded once more when encoded)."""
+    readable = []
+    for index in indices:
+        with contextlib.suppress(UnreadableImageError):
+            dataset[index]
+            readable.append(index)
+    if not readable:
+        raise RCDMError("no image of this split can be decoded: check the dataset's files (`rcdm-scan ROOT`)")
+    return readable
 
 
 def _coin_flip(enabled: bool) -> bool:
@@ -136,16 +157,42 @@ def _coin_flip(enabled: bool) -> bool:
 
 
 class TrainingItems(Dataset):
-    """A split's items for a DataLoader, each flipped with probability 1/2 when `random_flip`."""
+    """A split's readable items for a DataLoader, each flipped with probability 1/2 when `random_flip`.
+
+    Position i is the i-th readable item (batch["index"] stays the dataset's index). A live item that turns out
+    unreadable is replaced by the next readable position, so batches keep their size; the skipped files travel in
+    the item's "unreadable" list ((relative path, reason) each) for `collate_training_items`.
+    """
 
     def __init__(self, source: RepresentationSource, random_flip: bool) -> None:
         self.source, self.random_flip = source, random_flip
+        self.indices = source.readable_indices()
 
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.indices)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.source.training_item(index, _coin_flip(self.random_flip))
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        skipped = []
+        for attempt in range(len(self.indices)):
+            index = int(self.indices[(position + attempt) % len(self.indices)])
+            try:
+                item = self.source.training_item(index, _coin_flip(self.random_flip))
+            except UnreadableImageError as error:
+                skipped.append((error.relative_path, error.reason))
+                continue
+            if skipped:
+                item["unreadable"] = skipped
+            return item
+        raise RCDMError("no image of this split can be decoded: check the dataset's files (`rcdm-scan ROOT`)")
+
+
+def collate_training_items(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """default_collate of TrainingItems, with the files skipped for this batch (if any) as batch["unreadable"]."""
+    skipped = [entry for item in items for entry in item.pop("unreadable", ())]
+    batch = default_collate(items)
+    if skipped:
+        batch["unreadable"] = skipped
+    return batch
 
 
 def add_live_representations(batch: dict[str, Any], encoder: nn.Module) -> dict[str, Any]:
