@@ -6,6 +6,7 @@ import contextlib
 import netrc
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,13 @@ def _find_conf_dir() -> Path:
 
 
 CONF_DIR = _find_conf_dir()
+
+# conf/hydra/launcher/submitit_{slurm,local}.yaml are named like hydra-submitit-launcher's ConfigStore entries, so that
+# `hydra/launcher=submitit_slurm` gives this project's defaults; Hydra then checks them against those entries' schemas
+# and warns, on every start and in every job, that this matching is deprecated. The files do not depend on it (they
+# name their _target_ and submitit_folder), so the warning says nothing to act on. Module level: a submitit job
+# imports this module when it unpickles its task, before Hydra composes the job's config.
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_\w+' is validated against ConfigStore schema")
 
 
 def _wandb_offline() -> bool:
