@@ -223,3 +223,39 @@ def test_encoder_features_leave_the_callers_module_mode_alone():
     # Dropout is off during the call (two calls agree), and the module is back in training mode after it.
     torch.testing.assert_close(features(images), features(images))
     assert encoder.training and features(images).shape == (3, 4) and features.num_features == 4
+
+
+# ------------------------------------------------------------------------------------------------ streamed statistics
+from rcdm_lab.metrics.feature_stats import FeatureStats  # noqa: E402
+from rcdm_lab.metrics.fid import frechet_distance_from_stats, summarize_features, summary_distances  # noqa: E402
+
+
+@pytest.mark.parametrize(("num_real", "num_fake"), [(40, 12), (300, 200)])
+def test_fid_from_streamed_statistics_equals_fid_on_the_full_arrays(num_real, num_fake):
+    generator = torch.Generator().manual_seed(num_real)
+    real = torch.randn(num_real, 32, generator=generator, dtype=torch.float64).exp()
+    fake = torch.randn(num_fake, 32, generator=generator, dtype=torch.float64).exp() * 1.2 + 0.1
+    streamed = [FeatureStats(32), FeatureStats(32)]
+    for stats, features in zip(streamed, (real, fake), strict=True):
+        for start in range(0, len(features), 17):
+            stats.update(features[start:start + 17])
+    from_stats = frechet_distance_from_stats(streamed[0].mean, streamed[0].covariance, streamed[1].mean,
+                                             streamed[1].covariance)
+    assert from_stats == pytest.approx(frechet_distance(real, fake), rel=1e-6)
+
+
+def test_summary_distances_equal_the_in_memory_ones_and_fall_back_to_statistics(inception_features):
+    real, noisy = inception_features["real"], inception_features["noisy"]
+
+    def summary(features, capacity):
+        return summarize_features((features[i:i + 5] for i in range(0, len(features), 5)), nn.Identity(),
+                                  kid_capacity=capacity)
+
+    whole = summary_distances(summary(real, 32), summary(noisy, 32), kid_subset_size=16)
+    assert whole == feature_distances(real, noisy, kid_subset_size=16)   # the same numbers, bit for bit
+    # A KID subset smaller than the set: FID from the statistics (the rank-deficient 32-of-2048 case: equal to
+    # the closed form up to the eigenvalue noise of sqrt of ~0 eigenvalues).
+    partial = summary_distances(summary(real, 20), summary(noisy, 20), metrics=("fid",))
+    assert partial["fid"] == pytest.approx(whole["fid"], rel=1e-3)
+    with pytest.raises(RCDMError, match="at least 2"):
+        summarize_features([real[:1]], nn.Identity())

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from rcdm_lab.metrics.intervals import mean_interval, per_conditioning_means
-from rcdm_lab.metrics.knn import METRICS, pairwise_distances
-from rcdm_lab.settings import Rule, all_of, integer
+from rcdm_lab.metrics.knn import BACKENDS, METRICS, target_ranks
+from rcdm_lab.settings import Rule, all_of, integer, one_of
 
 if TYPE_CHECKING:
     from rcdm_lab.trained_run import TrainedRun
@@ -30,24 +30,22 @@ def grouped_owners(num_conditionings: int, samples_per_condition: int) -> Tensor
 
 
 def conditioning_ranks(sample_reps: Tensor, gallery: Tensor, owners: Tensor, metric: str = "l2",
-                       batch_size: int = 1024) -> Tensor:
+                       batch_size: int = 1024, backend: str = "auto", device: str | torch.device | None = None,
+                       ) -> Tensor:
     """(S,) rank (1 = best) of each sample's own conditioning among all G gallery representations, by distance.
 
     `sample_reps` is (S, D); `gallery` (G, D); `owners` (S,) the gallery row of each sample's conditioning. A
-    gallery item tied with the own one does not push it down (rank = 1 + number of strictly closer items).
+    gallery item tied with the own one does not push it down (rank = 1 + number of strictly closer items, decided
+    in float64 on either backend: see rcdm_lab.metrics.knn). In chunks of `batch_size` samples: memory
+    O(batch_size x G), so the paper's 50 000 x 50 000 fits. `backend`: auto | exact | faiss (same ranks);
+    `device`: where the exact search runs (default: the samples' device).
     """
     owners = torch.as_tensor(owners, dtype=torch.long)
     if owners.shape != (len(sample_reps),):
         raise ValueError(f"{len(sample_reps)} sample representations but {tuple(owners.shape)} owners")
     if len(owners) and not 0 <= int(owners.min()) <= int(owners.max()) < len(gallery):
         raise ValueError(f"owners must index the gallery of {len(gallery)} representations")
-    gallery, owners = gallery.to(sample_reps.device), owners.to(sample_reps.device)
-    ranks = []
-    for start in range(0, len(sample_reps), batch_size):
-        distances = pairwise_distances(sample_reps[start:start + batch_size], gallery, metric)
-        own = distances.gather(1, owners[start:start + batch_size, None])
-        ranks.append(1 + (distances < own).sum(dim=1))
-    return torch.cat(ranks).cpu()
+    return target_ranks(sample_reps, gallery, owners, metric, batch_size=batch_size, backend=backend, device=device)
 
 
 def rank_summary(ranks: Tensor, gallery_size: int) -> dict[str, float]:
@@ -87,6 +85,8 @@ RULES: list[Rule] = [
     all_of("distances", METRICS),
     integer("max_rank_plotted"),
     integer("rows_shown", minimum=0),
+    one_of("backend", BACKENDS),
+    integer("batch_size", minimum=1),
 ]
 
 
@@ -105,7 +105,8 @@ def evaluate(run: TrainedRun, settings: Mapping[str, Any], sampling: Mapping[str
     results: dict[str, Any] = {"num_conditionings": n, "samples_per_conditioning": k, "gallery_size": len(gallery)}
     ranks = {}
     for metric in settings["distances"]:
-        ranks[metric] = conditioning_ranks(sample_reps, gallery, owners, metric)
+        ranks[metric] = conditioning_ranks(sample_reps, gallery, owners, metric, batch_size=int(settings["batch_size"]),
+                                           backend=str(settings["backend"]))
         results[metric] = {**rank_summary(ranks[metric], len(gallery)), "mrr_ci95": mrr_interval(ranks[metric], k)}
     title = (f"rank of the conditioning among {len(gallery)} validation images "
              f"({n} conditionings x {k}, guidance={sampling.get('guidance', 1.0):g})")

