@@ -9,12 +9,16 @@ on CUDA) is its own and no measurement warms another's caches. Each row prints i
   encoder's network on ready tensors of its input size, same batch;
 - FID features (goal >= 0.9): extract_features on images at the model's resolution against the TorchScript
   Inception on ready 299 px tensors; and the cost of FID and KID themselves;
-- sampling: RCDMPipeline.sample per sampler at the demo config.
+- sampling: RCDMPipeline.sample per sampler at the demo config;
+- at scale (plain lines after the table, issue 13): FolderDataset construction over 200 000 generated files without
+  and with its file index; ranking 50 000 x 50 000 synthetic representations and FID/KID over 50 000 synthetic
+  features, with time and peak memory; how long a checkpoint of the paper's UNet holds the training loop.
 
 The training row uses the issue's `model=adm`-like UNet at 32 px (64 channels, mult 1,2,2, attention at 16, 2 res
 blocks, resblock up/down, h of dim 2048) at batch 32, with random weights (speed does not depend on them).
 
-    python benchmarks/bench.py [--rows training cache fid sampling fid_cost] [--out outputs/bench]
+    python benchmarks/bench.py [--rows training cache fid fid_cost sampling folder_index rank fid_stream loop_stalls]
+                               [--out outputs/bench]
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def isolated(fn: Callable[..., Measurement], *args: Any) -> Measurement:
+def isolated(fn: Callable[..., Any], *args: Any) -> Any:
     """fn(*args) in a fresh spawned process: its own peak memory, nothing shared with the other measurements."""
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(fn, *args).result()
@@ -279,6 +283,63 @@ def measure_sampling(sampler: str, steps: int, guidance: float, count: int) -> M
                                            1000 * seconds / count / steps})
 
 
+# ------------------------------------------------------------------------------------------------ scale
+# Plain lines whose wording the issue fixes (`folder index: N files, first A s, second B s`, `rank NxN ...`), each
+# measured in its own process like the table's rows, and judged against its goal on the same line.
+def folder_index_line(num_files: int) -> str:
+    """FolderDataset construction over a generated folder: without its file index, then reusing it."""
+    from folder_index import generate_folder, measure_folder_index
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "images"
+        generate_folder(root, num_files)
+        result = isolated(measure_folder_index, root, Path(tmp) / "index")
+    goal = "met" if result["second_s"] <= 5 else "NOT met"
+    return (f"folder index: {result['files']} files, first {result['first_s']:.1f} s, second {result['second_s']:.1f} s"
+            f" (goal second <= 5 s: {goal}; first = listing + stat, no decoding)")
+
+
+def rank_line(n: int, dim: int) -> str:
+    from metrics_scale import measure_ranking
+
+    result = isolated(_with_peak, measure_ranking, n, dim)
+    full_matrix_mb = n * n * 8 / 2**20
+    # The goal: an 8 GB laptop ranks Table 1b's 50 000 conditionings (the inputs themselves are n x dim x 2 floats).
+    goal = "met" if result["peak_mb"] <= 4096 else "NOT met"
+    return (f"rank {n}x{n} ({dim}-d, {result.get('backend', '?')}): {result['seconds']:.1f} s, "
+            f"peak {result['peak_mb']:.0f} MB (goal <= 4096 MB: {goal}; the two inputs are "
+            f"{2 * n * dim * 4 / 2**20:.0f} MB, the full distance matrix alone would be {full_matrix_mb:.0f} MB)")
+
+
+def fid_stream_line(n: int, dim: int) -> str:
+    """Streamed FID/KID at n and at n / 5 features per side: the goal is a peak that does not grow with n."""
+    from metrics_scale import measure_fid_stream
+
+    small = isolated(_with_peak, measure_fid_stream, n // 5, dim)
+    result = isolated(_with_peak, measure_fid_stream, n, dim)
+    features_mb = n * dim * 8 / 2**20
+    goal = "met" if result["peak_mb"] <= 1.1 * small["peak_mb"] else "NOT met"
+    return (f"FID {n} features ({dim}-d, streamed, KID on a bounded subset): {result['seconds']:.1f} s, "
+            f"peak {result['peak_mb']:.0f} MB (goal: within 10% of the peak at {n // 5} features, "
+            f"{small['peak_mb']:.0f} MB: {goal}; holding both sides' features would take {2 * features_mb:.0f} MB)")
+
+
+def loop_stall_lines() -> list[str]:
+    from loop_stalls import measure_checkpoint
+
+    c = isolated(measure_checkpoint)
+    return [f"checkpoint ({c['params_M']:.0f} M-parameter UNet + EMA + Adam, {c['size_MB']:.0f} MB): the training loop "
+            f"waits {c['sync_loop_s']:.2f} s written in place, {c['async_loop_s']:.2f} s written in the background"]
+
+
+def _with_peak(fn: Callable[..., dict], *args: Any) -> dict:
+    start = time.perf_counter()
+    result = dict(fn(*args))
+    result.setdefault("seconds", time.perf_counter() - start)
+    result["peak_mb"] = _peak_memory_mb()
+    return result
+
+
 # ------------------------------------------------------------------------------------------------ the table
 @dataclass
 class Row:
@@ -302,6 +363,25 @@ class Row:
             f" (goal >= {self.goal:g}: {'met' if self.ratio >= self.goal else 'NOT met'})" if self.goal else "")
         reference = cell(self.reference) if self.reference else "--"
         return f"| {self.name} | {cell(self.project)} | {reference} | {ratio} |"
+
+
+def scale_lines(args: argparse.Namespace) -> list[str]:
+    lines: list[str] = []
+
+    def add(line: str) -> None:
+        lines.append(line)
+        print(line, flush=True)
+
+    if "folder_index" in args.rows:
+        add(folder_index_line(args.folder_files))
+    if "rank" in args.rows:
+        add(rank_line(args.rank_n, args.dim))
+    if "fid_stream" in args.rows:
+        add(fid_stream_line(args.fid_n, args.dim))
+    if "loop_stalls" in args.rows:
+        for line in loop_stall_lines():
+            add(line)
+    return lines
 
 
 def run_rows(args: argparse.Namespace) -> list[Row]:
@@ -347,7 +427,8 @@ def run_rows(args: argparse.Namespace) -> list[Row]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", nargs="+", default=["training", "cache", "fid", "fid_cost", "sampling"])
+    parser.add_argument("--rows", nargs="+", default=["training", "cache", "fid", "fid_cost", "sampling",
+                                                      "folder_index", "rank", "fid_stream", "loop_stalls"])
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps first (>= 1)")
     parser.add_argument("--steps", type=int, default=4, help="timed training steps per mode")
     parser.add_argument("--cache-items", type=int, default=1024, help="shapes encoded by the demo cache row")
@@ -357,6 +438,10 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=8.0, help="the demo's guidance")
     parser.add_argument("--train-overrides", nargs="*", default=[], help="extra training overrides, e.g. "
                         "model.compile=true")
+    parser.add_argument("--folder-files", type=int, default=200_000, help="files in the folder-index row")
+    parser.add_argument("--rank-n", type=int, default=50_000, help="conditionings (and gallery) of the rank row")
+    parser.add_argument("--fid-n", type=int, default=50_000, help="features per side of the streamed FID row")
+    parser.add_argument("--dim", type=int, default=2048, help="representation / feature width of the scale rows")
     parser.add_argument("--out", default="outputs/bench")
     args = parser.parse_args()
     # The paper's, the old CPU default, sampling=guided's and sampling=default's solvers (experiments/samplers).
@@ -372,14 +457,17 @@ def main() -> None:
     print(machine)
     start = time.perf_counter()
     rows = run_rows(args)
+    lines = scale_lines(args)
     total = time.perf_counter() - start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = ["| row | project | reference | ratio |", "|---|---|---|---|", *(row.line() for row in rows)]
-    (out / "bench.md").write_text(f"{machine}; {total / 60:.1f} min\n\n" + "\n".join(table) + "\n")
+    report = f"{machine}; {total / 60:.1f} min\n\n" + "\n".join(table) + "\n\n" + "\n".join(lines) + "\n"
+    (out / "bench.md").write_text(report)
     (out / "bench.json").write_text(json.dumps({"machine": machine, "seconds": round(total, 1), "rows": [
         {"name": row.name, "ratio": row.ratio, "goal": row.goal, "project": asdict(row.project),
-         "reference": asdict(row.reference) if row.reference else None} for row in rows]}, indent=2) + "\n")
+         "reference": asdict(row.reference) if row.reference else None} for row in rows], "lines": lines},
+        indent=2) + "\n")
     print(f"bench: {total / 60:.1f} min; wrote {out / 'bench.md'} and {out / 'bench.json'}")
 
 
