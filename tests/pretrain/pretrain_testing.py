@@ -37,13 +37,18 @@ def hand_trained(method: str = "simclr", seed: int = 0, steps: int = 2) -> Pretr
     generator = torch.Generator().manual_seed(seed)
     views = TINY_METHODS[method].views
     module.train()
+    with torch.backends.mkldnn.flags(enabled=False):   # see conftest._one_thread: oneDNN crashed here on AVX2
+        _train_steps(module, optimizer, generator, views, steps)
+    return module.eval()
+
+
+def _train_steps(module: PretrainModule, optimizer, generator: torch.Generator, views: int, steps: int) -> None:
     for _ in range(steps):
         batch = {"views": torch.rand(8, views, 3, SIZE, SIZE, generator=generator),
                  "label": torch.randint(0, 8, (8,), generator=generator)}
         optimizer.zero_grad()
         module.training_step(batch, 0).backward()
         optimizer.step()
-    return module.eval()
 
 
 def export(module: PretrainModule, path: Path, epoch: int = 2) -> Path:
