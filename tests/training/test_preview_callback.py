@@ -60,3 +60,10 @@ def test_a_failed_write_surfaces_when_training_ends(tmp_path, monkeypatch):
     callback.on_train_batch_end(_trainer(tmp_path, 5), SimpleNamespace(pipeline=_Pipeline), None, None, 0)
     with pytest.raises(OSError, match="disk full"):
         callback.wait()
+
+
+def test_grids_go_to_the_samples_section_of_wandb(tmp_path):
+    logged = []
+    wandb = SimpleNamespace(log_image=lambda key, images, step: logged.append((key, step)))
+    callbacks._write_grid_png(torch.rand(2, 3, 8, 8), torch.zeros(2, 3, 8, 8), tmp_path / "grid.png", [wandb], 7)
+    assert logged == [("samples/grid", 7)]   # wandb groups charts by the prefix: a "samples" section

@@ -21,6 +21,7 @@ from rcdm_lab.pipeline import RCDMPipeline
 from rcdm_lab.precision import CHOICES as PRECISIONS
 from rcdm_lab.precision import normalise_precision
 from rcdm_lab.settings import Rule, check, flag, integer, number, one_of, satisfies
+from rcdm_lab.training import faithfulness_callback
 
 
 def _device(value: object) -> None:
@@ -119,6 +120,7 @@ TRAIN_RULES: list[Rule] = [
     integer("callbacks.preview.every_n_steps", minimum=0),
     integer("callbacks.preview.num_conditionings"),
     integer("callbacks.preview.samples_per_conditioning"),
+    *[rule.under(faithfulness_callback.PREFIX) for rule in faithfulness_callback.RULES],
     # rcdm-demo's own block (its sampling is the `sampling` block)
     integer("demo.num_conditionings", minimum=2),
     integer("demo.samples_per_conditioning"),
@@ -174,4 +176,19 @@ def validate_eval(cfg: DictConfig) -> None:
 def validate_figure(cfg: DictConfig) -> None:
     """rcdm-figure's own settings; the `figure:` block is checked by its kind's Settings (rcdm_lab.figures)."""
     check(cfg, list(_SHARED_EVAL_RULES))
+    check_sampling(cfg)
+
+
+VIEWER_RULES: list[Rule] = [
+    *_SHARED_EVAL_RULES,
+    integer("port", minimum=1, maximum=65535),
+    integer("samples", minimum=1, maximum=16),
+    integer("thumbnails", minimum=0),
+    flag("open_browser"),
+]
+
+
+def validate_viewer(cfg: DictConfig) -> None:
+    """rcdm-viewer's settings; the sampling block is where the page's controls start."""
+    check(cfg, VIEWER_RULES)
     check_sampling(cfg)

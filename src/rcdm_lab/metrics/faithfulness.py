@@ -9,7 +9,7 @@ Ranking only among the N sampled conditionings would cap ranks at N and flatter 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +78,25 @@ def nearest_conditioning_accuracy(sample_reps: Tensor, cond_reps: Tensor, sample
     return float((ranks == 1).double().mean())
 
 
+def measure(run: TrainedRun, items: Mapping[str, Tensor], gallery: Tensor, k: int, sampling: Mapping[str, Any],
+            distances: Sequence[str], batch_size: int = 1024, backend: str = "auto",
+            ) -> tuple[Tensor, dict[str, Tensor]]:
+    """k samples per conditioning of `items`, and the (N * k,) ranks of each one's own conditioning per distance.
+
+    The one path from a model to faithfulness ranks -- sample with `sampling` (its seed fixes x_T), encode the
+    samples with the run's frozen encoder, rank among `gallery` (every validation representation; `items["index"]`
+    are their rows) -- shared by rcdm-eval and the training callback, so the curve logged during training and
+    `rcdm-eval metric=faithfulness` on a checkpoint of it give the same numbers. Samples are in [0, 1], grouped by
+    conditioning.
+    """
+    samples = run.sample(items["h"], k, sampling)
+    sample_reps = run.pipeline.encode(samples)
+    owners = items["index"].repeat_interleave(k)
+    ranks = {metric: conditioning_ranks(sample_reps, gallery, owners, metric, batch_size=batch_size, backend=backend)
+             for metric in distances}
+    return samples, ranks
+
+
 # Checked before any work starts (rcdm_lab.settings), relative to this module's settings block.
 RULES: list[Rule] = [
     integer("num_conditionings", optional=True),
@@ -99,14 +118,10 @@ def evaluate(run: TrainedRun, settings: Mapping[str, Any], sampling: Mapping[str
     k = int(settings["samples_per_conditioning"])
     items = run.val_items(n, "faithfulness.num_conditionings")
     gallery = run.representations("val")
-    samples = run.sample(items["h"], k, sampling)
-    sample_reps = run.pipeline.encode(samples)
-    owners = items["index"].repeat_interleave(k)
+    samples, ranks = measure(run, items, gallery, k, sampling, settings["distances"],
+                             batch_size=int(settings["batch_size"]), backend=str(settings["backend"]))
     results: dict[str, Any] = {"num_conditionings": n, "samples_per_conditioning": k, "gallery_size": len(gallery)}
-    ranks = {}
     for metric in settings["distances"]:
-        ranks[metric] = conditioning_ranks(sample_reps, gallery, owners, metric, batch_size=int(settings["batch_size"]),
-                                           backend=str(settings["backend"]))
         results[metric] = {**rank_summary(ranks[metric], len(gallery)), "mrr_ci95": mrr_interval(ranks[metric], k)}
     title = (f"rank of the conditioning among {len(gallery)} validation images "
              f"({n} conditionings x {k}, guidance={sampling.get('guidance', 1.0):g})")

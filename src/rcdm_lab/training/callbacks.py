@@ -13,6 +13,7 @@ import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from rcdm_lab.training.loop_cost import LoopCost
 from rcdm_lab.viz.grid import conditioning_grid, save_png
 
 
@@ -38,11 +39,15 @@ class SampleGridCallback(L.Callback):
         self._last_step = -1
         self._writer: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
-        self._loop_start: tuple[float, int] | None = None   # (perf_counter, global_step) when training started
-        self.blocked_seconds: list[float] = []               # time each preview held the training loop
+        self.cost = LoopCost("preview grid", every_n_steps)
+
+    @property
+    def blocked_seconds(self) -> list[float]:
+        """Seconds each preview held the training loop."""
+        return self.cost.blocked_seconds
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._loop_start = (time.perf_counter(), trainer.global_step)
+        self.cost.start(trainer.global_step)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -89,26 +94,14 @@ class SampleGridCallback(L.Callback):
         future = self._writer.submit(_write_grid_png, self._items["image"], samples, folder / f"step_{step:07d}.png",
                                      wandb_loggers, step)
         self._pending.append(future)
-        self._report_cost(time.perf_counter() - started, step)
+        self.cost.record(time.perf_counter() - started, step)
         return future
-
-    def _report_cost(self, blocked: float, step: int) -> None:
-        self.blocked_seconds.append(blocked)
-        if len(self.blocked_seconds) != 1 or self._loop_start is None:
-            return
-        start_time, start_step = self._loop_start
-        steps = step - start_step
-        if steps <= 0:
-            return
-        per_interval = (time.perf_counter() - start_time - blocked) / steps * self.every_n_steps
-        rank_zero_info(f"preview grid: {blocked:.1f} s of the training loop every {self.every_n_steps} steps "
-                       f"({100 * blocked / (blocked + per_interval):.1f}% of training time at the current speed)")
 
 
 def _write_grid_png(images, samples, path: Path, wandb_loggers: list, step: int) -> Path:
     written = save_png(conditioning_grid(images, samples), path, upscale=2)
     for logger in wandb_loggers:
-        logger.log_image("samples", [str(written)], step=step)
+        logger.log_image("samples/grid", [str(written)], step=step)   # wandb's "samples" section
     return written
 
 
