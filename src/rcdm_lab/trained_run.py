@@ -22,12 +22,33 @@ from rcdm_lab.data.datamodule import RCDMDataModule
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.pipeline import RCDMPipeline
 
+OFFICIAL_PREFIX = "official:"
+
+
+def load_pipeline(ckpt: str, device: str | torch.device = "cpu", encoder_weights: str | None = None,
+                  official: Mapping[str, Any] | None = None) -> RCDMPipeline:
+    """The pipeline of an rcdm-train checkpoint, or of `official:PATH` (a released facebookresearch/RCDM UNet) read
+    with `official` = conf/official/ ({"flags": its MODEL_FLAGS, "encoder": build_encoder kwargs})."""
+    if not str(ckpt).startswith(OFFICIAL_PREFIX):
+        return RCDMPipeline.from_checkpoint(ckpt, device=device, encoder_weights=encoder_weights)
+    from rcdm_lab.encoders import build_encoder
+
+    if official is None:
+        raise RCDMError(f"ckpt={ckpt} is a released checkpoint but no official: settings came with it "
+                        "(conf/official/default.yaml: its flags and encoder)")
+    encoder_settings = dict(official["encoder"])
+    if encoder_weights is not None:
+        encoder_settings["weights"] = encoder_weights
+    encoder = build_encoder(**encoder_settings)
+    return RCDMPipeline.from_official(str(ckpt).removeprefix(OFFICIAL_PREFIX), encoder=encoder,
+                                      flags=dict(official["flags"]), device=device)
+
 
 @dataclass
 class TrainedRun:
     ckpt: Path
     pipeline: RCDMPipeline
-    datamodule: RCDMDataModule
+    _datamodule: RCDMDataModule | None
 
     @classmethod
     def load(
@@ -36,24 +57,45 @@ class TrainedRun:
         device: str | torch.device = "cpu",
         data: Mapping[str, Any] | None = None,
         encoder_weights: str | None = None,
+        official: Mapping[str, Any] | None = None,
     ) -> TrainedRun:
         """The checkpoint's pipeline (EMA UNet, diffusion, encoder) and datamodule, caches built if missing.
 
         `data` (a data config with `_target_`, e.g. conf/data/folder.yaml resolved) replaces the recorded dataset,
-        e.g. to evaluate on another folder; its resolution is always the model's.
+        e.g. to evaluate on another folder; its resolution is always the model's. `ckpt=official:PATH` is a released
+        facebookresearch/RCDM model read with `official` (conf/official/: its flags and encoder); it records no
+        data, so it has validation images, neighbours and a gallery only when `data` names some.
         """
-        checkpoint = read_checkpoint(ckpt)  # read once: the pipeline and the recorded data config both come from it
-        pipeline = RCDMPipeline.from_checkpoint(checkpoint, device=device, encoder_weights=encoder_weights)
-        if data is None:
-            data = checkpoint.record.data
+        if str(ckpt).startswith(OFFICIAL_PREFIX):
+            pipeline = load_pipeline(str(ckpt), device, encoder_weights, official)
             if data is None:
-                raise RCDMError(f"{ckpt} does not record its training data (written before rcdm_lab recorded it): "
-                                "name the dataset, e.g. data=shapes (add the data.* overrides used in training)")
+                return cls(Path(str(ckpt).removeprefix(OFFICIAL_PREFIX)), pipeline, None)
+        else:
+            checkpoint = read_checkpoint(ckpt)  # read once: the pipeline and the recorded data config come from it
+            pipeline = RCDMPipeline.from_checkpoint(checkpoint, device=device, encoder_weights=encoder_weights)
+            if data is None:
+                data = checkpoint.record.data
+                if data is None:
+                    raise RCDMError(f"{ckpt} does not record its training data (written before rcdm_lab recorded "
+                                    "it): name the dataset, e.g. data=shapes (add the data.* overrides used in "
+                                    "training)")
         datamodule = instantiate({**dict(data), "resolution": pipeline.resolution})
         datamodule.attach_encoder(pipeline.encoder, device=pipeline.device)
         datamodule.prepare_data()
         datamodule.setup("fit")
-        return cls(Path(ckpt), pipeline, datamodule)
+        return cls(Path(str(ckpt).removeprefix(OFFICIAL_PREFIX)), pipeline, datamodule)
+
+    @property
+    def has_data(self) -> bool:
+        """Whether the run has a dataset (validation images, training neighbours, a gallery to rank in)."""
+        return self._datamodule is not None
+
+    @property
+    def datamodule(self) -> RCDMDataModule:
+        if self._datamodule is None:
+            raise RCDMError(f"{self.ckpt} is a released checkpoint with no data: pass images=... for the inputs, or "
+                            "data=folder data.dataset.root=DIR for validation images, neighbours and a gallery")
+        return self._datamodule
 
     # ------------------------------------------------------------------------------------------------ data
     def split_size(self, split: str) -> int:

@@ -49,4 +49,4 @@ def test_a_bad_figure_setting_is_one_line_before_any_checkpoint_is_read(tmp_path
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "error: figure.num_image is not a setting of figure=samples (did you mean figure.num_images?); "
-        "its settings: num_images, samples_per_image")
+        "its settings: num_images, samples_per_image, first_image, factors")

@@ -44,7 +44,8 @@ def test_unknown_kind_suggests_the_close_one_and_lists_the_known_ones():
 
 @pytest.mark.parametrize("kind, overrides, message", [
     ("samples", {"num_image": 3}, "figure.num_image is not a setting of figure=samples (did you mean "
-                                  "figure.num_images?); its settings: num_images, samples_per_image"),
+                                  "figure.num_images?); its settings: num_images, samples_per_image, "
+                                  "first_image, factors"),
     ("samples", {"num_images": "abc"}, "figure.num_images='abc' is not allowed: use an integer"),
     ("samples", {"num_images": 2.5}, "figure.num_images=2.5 is not allowed: use an integer"),
     ("algebra", {"triples": 3}, "figure.triples=3 is not allowed: use a list of lists of integers"),

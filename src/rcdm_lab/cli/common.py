@@ -66,6 +66,22 @@ def output_name_of(ckpt: str | None, ckpts: list[str] | None, experiment: str | 
     return experiment if scale in (None, "None") else f"{experiment}-{scale}"
 
 
+def chosen_data(cfg: DictConfig) -> dict[str, Any] | None:
+    """The dataset the user picked with `data=` (to replace a checkpoint's recorded one), else None.
+
+    Only a `data=` choice counts: the data.* keys a paper item's scale sets for training are not a dataset.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    chosen = HydraConfig.initialized() and HydraConfig.get().runtime.choices.get("data") not in (None, "None")
+    return OmegaConf.to_container(cfg.data, resolve=True) if chosen else None
+
+
+def official_settings(cfg: DictConfig) -> dict[str, Any] | None:
+    """conf/official/ as a dict (how ckpt=official:PATH is read), or None where the command has none."""
+    return OmegaConf.to_container(cfg.official, resolve=True) if cfg.get("official") else None
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("rcdm_wandb_offline"):
         OmegaConf.register_new_resolver("rcdm_wandb_offline", _wandb_offline)

@@ -12,11 +12,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rcdm_lab.cli.common import hydra_entry, require_values
+from rcdm_lab.cli.common import chosen_data, hydra_entry, require_values
 from rcdm_lab.cli.experiment_runs import runs_to_render
 from rcdm_lab.cli.sample import pick_device
 from rcdm_lab.cli.validation import validate_eval
@@ -34,10 +33,8 @@ HEADLINE_NUMBERS = {"mean_rank", "mrr", "top1", "mean", "fid", "kid_mean", "is_m
 
 def load_run(cfg: DictConfig, ckpt: str) -> TrainedRun:
     """The checkpoint and its data (or the `data=` group the user picked instead)."""
-    # Only a `data=` choice counts: the data.* keys a paper item's scale sets for training are not a dataset.
-    chosen = HydraConfig.initialized() and HydraConfig.get().runtime.choices.get("data") is not None
-    data = OmegaConf.to_container(cfg.data, resolve=True) if chosen else None
-    return TrainedRun.load(ckpt, device=pick_device(cfg.device), data=data, encoder_weights=cfg.encoder_weights)
+    return TrainedRun.load(ckpt, device=pick_device(cfg.device), data=chosen_data(cfg),
+                           encoder_weights=cfg.encoder_weights)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rcdm_lab.cli.common import hydra_entry, run_name_of
+from rcdm_lab.cli.common import chosen_data, hydra_entry, official_settings, run_name_of
 from rcdm_lab.cli.experiment_runs import runs_to_render
 from rcdm_lab.cli.sample import pick_device
 from rcdm_lab.cli.validation import validate_figure
@@ -54,23 +54,32 @@ def checked_settings(cfg: DictConfig) -> tuple[FigureKind, Any]:
     return kind, kind.settings(cfg.figure)
 
 
+def render(kind: FigureKind, settings: Any, ctx: FigureContext, ckpts: list[str], command: str,
+           started: float) -> dict[str, Any]:
+    """The figure in ctx.out_dir: its PNG(s) and figure.json (the numbers, the checkpoints, the settings, the
+    command that reproduces it and the seconds since `started`). rcdm-figure and rcdm-viewer both write here."""
+    results = {"figure": kind.name, **kind.make(ctx, settings)}
+    results.update(ckpts=ckpts, labels=ctx.labels, settings=dataclasses.asdict(settings), command=command,
+                   seconds=round(time.perf_counter() - started, 1))
+    write_json(ctx.out_dir / "figure.json", results)
+    return results
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     kind, settings = checked_settings(cfg)
     name = kind.name
     ckpts, default_labels = checkpoints(cfg)
     device = pick_device(cfg.device)
     start = time.perf_counter()
-    runs = [TrainedRun.load(c, device=device, encoder_weights=cfg.encoder_weights) for c in ckpts]
+    runs = [TrainedRun.load(c, device=device, data=chosen_data(cfg), encoder_weights=cfg.encoder_weights,
+                            official=official_settings(cfg)) for c in ckpts]
     labels = [str(label) for label in cfg.labels] if cfg.get("labels") else default_labels
     if len(labels) != len(runs):
         raise RCDMError(f"labels has {len(labels)} names for {len(runs)} checkpoints: give one per checkpoint")
     out = Path(cfg.output_dir)
     ctx = FigureContext(runs=runs, sampling=OmegaConf.to_container(cfg.sampling, resolve=True), out_dir=out,
                         seed=int(cfg.sampling.seed), images=cfg.get("images"), labels=labels, probe=cfg.get("probe"))
-    results = {"figure": name, **kind.make(ctx, settings)}
-    results.update(ckpts=ckpts, labels=labels, settings=dataclasses.asdict(settings), command=command_line(),
-                   seconds=round(time.perf_counter() - start, 1))
-    write_json(out / "figure.json", results)
+    results = render(kind, settings, ctx, ckpts, command_line(), start)
     publish(instantiate(cfg.logger) if cfg.get("logger") else None, results, prefix=name)
     index = write_gallery(out.parent)
     print(f"rcdm-figure {name}: wrote {results.get('figure_png')} and {out / 'figure.json'} "

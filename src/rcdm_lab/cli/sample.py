@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from rcdm_lab.cli.common import hydra_entry, require_values
+from rcdm_lab import trained_run
+from rcdm_lab.cli.common import hydra_entry, official_settings, require_values
 from rcdm_lab.cli.validation import moved_into_sampling, validate_sample
 from rcdm_lab.data.folder import list_images, load_image
 from rcdm_lab.pipeline import RCDMPipeline
@@ -25,14 +26,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_pipeline(cfg: DictConfig, device: torch.device) -> RCDMPipeline:
-    ckpt = str(cfg.ckpt)
-    if ckpt.startswith("official:"):
-        from rcdm_lab.encoders import build_encoder
-
-        flags = OmegaConf.to_container(cfg.official.flags, resolve=True)
-        encoder = build_encoder(**OmegaConf.to_container(cfg.official.encoder, resolve=True))
-        return RCDMPipeline.from_official(ckpt.removeprefix("official:"), encoder=encoder, flags=flags, device=device)
-    return RCDMPipeline.from_checkpoint(ckpt, device=device, encoder_weights=cfg.encoder_weights)
+    """cfg.ckpt's pipeline: an rcdm-train checkpoint, or official:PATH read with cfg.official."""
+    return trained_run.load_pipeline(str(cfg.ckpt), device, cfg.encoder_weights, official_settings(cfg))
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -7,7 +7,7 @@ blocks is a difference between representations.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +15,9 @@ from torch import Tensor
 
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.figures.context import FigureContext
-from rcdm_lab.metrics.diversity import sample_diversity
+from rcdm_lab.metrics.diversity import representation_spread, sample_diversity
 from rcdm_lab.trained_run import TrainedRun
+from rcdm_lab.viz.plots import dim_variance_plot
 
 
 def sample_rows(first_column: Sequence[Tensor], samples: Tensor, k: int) -> list[list[Tensor]]:
@@ -98,3 +99,25 @@ def print_diversity(figure: str, blocks: Sequence[ModelBlock], summaries: dict[s
         print(f"{figure} {block.label}: sample diversity {diversity['pixel_mean_sq_diff']:.4g} per pixel, "
               f"{diversity['representation_mean_pairwise_sq_l2']:.4g} squared L2 in its {block.h.shape[1]}-d "
               "representation space")
+
+
+def representation_spreads(ctx: FigureContext, per_model: Mapping[str, tuple[TrainedRun, Tensor, Tensor]],
+                           k: int) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """Per model label: how far its samples stay from their conditioning and which dimensions they hold.
+
+    `per_model` maps a label to (run, h (N, D), sample_reps (N * k, D)); each model is measured against the
+    per-dimension variance of its own validation gallery (rcdm_lab.metrics.diversity.representation_spread); a
+    released checkpoint without data gets the distances only.
+    With k >= 2 the variance ratios of every model are drawn, sorted, in <out_dir>/dim_variance.png (its path is
+    returned, None for k = 1).
+    """
+    spreads, ratios = {}, {}
+    for label, (run, h, sample_reps) in per_model.items():
+        data_variance = run.representations("val").var(0) if run.has_data else None
+        spread = representation_spread(h, sample_reps, k, data_variance)
+        if "dim_variance_ratio" in spread:
+            ratios[label or "samples"] = spread.pop("dim_variance_ratio")
+        spreads[label] = spread
+    if not ratios:
+        return spreads, None
+    return spreads, str(dim_variance_plot(ratios, ctx.out_dir / "dim_variance.png"))

@@ -12,7 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rcdm_lab.figures.blocks import block_rows, model_blocks, model_summary, print_diversity, same_noise
+from rcdm_lab.figures.blocks import (
+    block_rows,
+    model_blocks,
+    model_summary,
+    print_diversity,
+    representation_spreads,
+    same_noise,
+)
 from rcdm_lab.figures.context import FigureContext
 from rcdm_lab.figures.kind import check_settings
 from rcdm_lab.settings import integer
@@ -44,7 +51,9 @@ def make(ctx: FigureContext, settings: Settings) -> dict[str, Any]:
     blocks = model_blocks(ctx, images, names, k)
     rows, row_labels = block_rows(blocks)
     png = ctx.save(labelled_rows(rows, row_labels))
-    models = {block.label: model_summary(block) for block in blocks}
+    spreads, variance_png = representation_spreads(
+        ctx, {block.label: (block.run, block.h, block.sample_reps) for block in blocks}, k)
+    models = {block.label: {**model_summary(block), "spread": spreads[block.label]} for block in blocks}
     print_diversity("compare_models", blocks, models)
     return {"figure_png": png, "images": names, "samples_per_image": k, "same_noise": same_noise(blocks),
-            "models": models}
+            "models": models, "dim_variance_png": variance_png}

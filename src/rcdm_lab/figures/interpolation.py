@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from rcdm_lab.errors import RCDMError
 from rcdm_lab.figures.context import FigureContext
 from rcdm_lab.figures.kind import check_settings
 from rcdm_lab.metrics.distances import squared_distances_to
@@ -24,15 +25,24 @@ SEVERAL_MODELS = False
 
 @dataclass(frozen=True)
 class Settings:
-    first_image: int    # the pair: input images first_image and first_image + 1
+    first_image: int    # image a: input image number first_image (validation item, or the images= folder's)
     num_steps: int      # columns between (and including) the two ends
     start: float        # alpha of the first column (0: image a's representation)
     stop: float         # alpha of the last column (1: image b's representation)
     noise_rows: int     # rows, each with its own noise image kept along the whole path
+    second_image: int | None = None   # image b: input image number second_image; null: first_image + 1
 
     def __post_init__(self) -> None:
         check_settings(self, [integer("first_image", minimum=0), integer("num_steps", minimum=2), number("start"),
-                              number("stop"), integer("noise_rows")])
+                              number("stop"), integer("noise_rows"), integer("second_image", minimum=0, optional=True)])
+        if self.second_image == self.first_image:
+            raise RCDMError(f"figure.second_image={self.second_image} is figure.first_image: interpolate between two "
+                            "different images")
+
+    @property
+    def pair(self) -> tuple[int, int]:
+        """The input-image numbers of a and b."""
+        return self.first_image, self.first_image + 1 if self.second_image is None else self.second_image
 
 
 def interpolate(h_a: torch.Tensor, h_b: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
@@ -43,7 +53,9 @@ def interpolate(h_a: torch.Tensor, h_b: torch.Tensor, alphas: torch.Tensor) -> t
 
 def make(ctx: FigureContext, settings: Settings) -> dict[str, Any]:
     num_steps, num_rows = settings.num_steps, settings.noise_rows
-    images, names = ctx.input_images(2, offset=settings.first_image)
+    pair = list(settings.pair)
+    images, names = ctx.input_images(max(pair) + 1)
+    images, names = images[pair], [names[i] for i in pair]
     h_a, h_b = ctx.run.pipeline.encode(images)
     alphas = torch.linspace(settings.start, settings.stop, num_steps)
     path = interpolate(h_a, h_b, alphas)

@@ -50,6 +50,13 @@ def conditioning_grid(
     return grid
 
 
+def to_pil(image01: torch.Tensor, min_width: int = 0) -> Image.Image:
+    """(3, H, W) in [0, 1] as an RGB PIL image, enlarged (nearest, whole factors) to at least `min_width` pixels."""
+    picture = Image.fromarray(to_uint8(image01, (0.0, 1.0)).permute(1, 2, 0).numpy(), mode="RGB")
+    scale = max(1, min_width // picture.width)
+    return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST) if scale > 1 else picture
+
+
 def save_png(image: torch.Tensor, path: str | Path, upscale: int = 1) -> Path:
     """Write a (3, H, W) uint8 tensor as PNG, optionally enlarged (nearest) so 32 px samples are visible."""
     path = Path(path)

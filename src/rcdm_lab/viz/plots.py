@@ -169,3 +169,93 @@ def factor_bars(
     ax.legend(fontsize=8, loc="upper center", ncol=3, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return _save(figure, path)
+
+
+def dim_variance_plot(ratios: Mapping[str, Tensor | Sequence[float]], path: str | Path, held: float = 0.1,
+                      title: str = "") -> Path:
+    """Per-dimension variance of the samples' representations over the data's, sorted, one curve per model.
+
+    Dimensions on the left of a curve are the ones its conditioning fixes (the samples agree there); the dashed
+    line at `held` is where rcdm_lab.metrics.diversity counts a dimension as held, the solid one at 1 is the spread
+    of the data itself. A log axis, because the interesting dimensions sit orders of magnitude below 1.
+    """
+    if not ratios:
+        raise RCDMError("dim_variance_plot needs the variance ratios of at least one model")
+    figure = Figure(figsize=(6.0, 3.2), layout="constrained")
+    ax = figure.add_subplot()
+    for name, values in ratios.items():
+        flat = _as_flat(values, f"variance ratios of {name!r}").clamp_min(1e-6)
+        ranks = torch.linspace(0, 1, len(flat))
+        share = 100 * float((flat < held).double().mean())
+        ax.plot(ranks.numpy(), flat.sort().values.numpy(), label=f"{name}: {share:.0f}% of dims held")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.axhline(held, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("dimensions, sorted (fraction)")
+    ax.set_ylabel("sample variance / data variance")
+    ax.set_title(title or "what the samples keep, per dimension", fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def read_metrics_csv(path: str | Path) -> dict[str, tuple[list[int], list[float]]]:
+    """Lightning's CSVLogger metrics.csv as {metric: (steps, values)}, keeping only the rows that hold each metric
+    (the logger writes sparse rows: losses every log_every_n_steps, faithfulness every callback interval)."""
+    import csv
+
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    with Path(path).open(newline="") as file:
+        for row in csv.DictReader(file):
+            step = row.get("step")
+            if not step:
+                continue
+            for key, value in row.items():
+                if key in ("step", "epoch") or value in (None, ""):
+                    continue
+                steps, values = series.setdefault(key, ([], []))
+                steps.append(int(float(step)))
+                values.append(float(value))
+    return series
+
+
+def _smoothed(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over `window` values: per-batch losses are too noisy to read a trend from."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def convergence_plot(metrics_csv: str | Path, path: str | Path, title: str = "") -> Path:
+    """Loss per quarter of the diffusion chain (top) and faithfulness (bottom) over training steps, from the run's
+    metrics.csv: the loss flattens long before the model uses its conditioning, which the faithfulness curve shows.
+    """
+    series = read_metrics_csv(metrics_csv)
+    quarters = sorted(key for key in series if key.startswith("train/loss_q"))
+    faithfulness = [key for key in ("faithfulness/top1", "faithfulness/mrr", "faithfulness/guided_top1",
+                                    "faithfulness/guided_mrr") if key in series]
+    if not quarters and "train/loss" not in series:
+        raise RCDMError(f"{metrics_csv} holds no train/loss rows: is it an rcdm-train run's logs/metrics.csv?")
+    panels = 2 if faithfulness else 1
+    figure = Figure(figsize=(7.0, 2.6 * panels + 0.4), layout="constrained")
+    axes = figure.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
+    for key in quarters or ["train/loss"]:
+        steps, values = series[key]
+        window = max(1, len(values) // 25)
+        label = {"q0": "t in the first quarter (least noise)", "q3": "t in the last quarter (most noise)"}.get(
+            key.rsplit("_", 1)[-1], key.removeprefix("train/"))
+        axes[0].plot(steps, _smoothed(values, window), label=label, linewidth=1.2)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("training loss (smoothed)")
+    axes[0].legend(fontsize=7)
+    axes[0].set_title(title or "convergence", fontsize=10)
+    if faithfulness:
+        for key in faithfulness:
+            steps, values = series[key]
+            axes[1].plot(steps, values, marker="o", markersize=3, label=key.removeprefix("faithfulness/"))
+        axes[1].set_ylabel("faithfulness (validation)")
+        axes[1].set_ylim(0, max(1e-3, max(max(series[k][1]) for k in faithfulness)) * 1.15)
+        axes[1].legend(fontsize=7)
+    axes[-1].set_xlabel("training step")
+    return _save(figure, path)
