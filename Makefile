@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test test-fast test-paper-items demo lint clean bench bench-cache bench-faithfulness bench-samplers figures \
+.PHONY: install test test-fast test-paper-items demo viewer lint clean bench bench-cache bench-faithfulness bench-samplers figures \
 	study-backbone-vs-head
 
 install: $(STAMP)
@@ -56,6 +56,11 @@ bench-samplers: $(STAMP)
 
 # Faithfulness of the demo checkpoint (mean rank / MRR / top-1 among 256 held-out shapes), plain and guided.
 DEMO_CKPT ?= outputs/demo/checkpoints/last.ckpt
+# The viewer in the browser over the demo checkpoint (or CKPT=...): http://127.0.0.1:7860; ARGS="port=7861 ..."
+viewer: $(STAMP)
+	@test -f $(or $(CKPT),$(DEMO_CKPT)) || { echo "no $(or $(CKPT),$(DEMO_CKPT)): run make demo first (or pass CKPT=...)"; exit 2; }
+	$(VENV)/bin/rcdm-viewer ckpt=$(or $(CKPT),$(DEMO_CKPT)) sampling=guided $(ARGS)
+
 bench-faithfulness: $(STAMP)
 	@test -f $(DEMO_CKPT) || { echo "no $(DEMO_CKPT): run make demo first (or pass DEMO_CKPT=...)"; exit 2; }
 	$(VENV)/bin/rcdm-eval -m ckpt=$(DEMO_CKPT) metric=faithfulness sampling=default,guided

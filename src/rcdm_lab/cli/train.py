@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, CheckpointIO
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from rcdm_lab.cli.common import hydra_entry, require_values
@@ -176,6 +176,28 @@ def refuse_single_run_of_a_sweep() -> None:
                         f"i.e. rcdm-train -m experiment={item}")
 
 
+MIN_CURVE_POINTS = 20   # logged loss values below which a run has no curve worth drawing
+
+
+@rank_zero_only
+def write_convergence_plot(run_dir: Path) -> Path | None:
+    """<run>/convergence.png from the CSV logger's metrics.csv (loss per quarter of the chain, faithfulness)."""
+    from rcdm_lab.viz.plots import convergence_plot, read_metrics_csv
+
+    metrics = run_dir / "logs" / "metrics.csv"
+    if not metrics.is_file():
+        return None   # another logger (wandb draws its own curves)
+    if len(read_metrics_csv(metrics).get("train/loss", ((), ()))[0]) < MIN_CURVE_POINTS:
+        return None   # a smoke run of a few steps has no curve to show
+    try:
+        path = convergence_plot(metrics, run_dir / "convergence.png", title=f"{run_dir.name}: convergence")
+    except RCDMError as error:   # a run too short to have logged a loss: nothing to draw, nothing lost
+        rank_zero_info(f"rcdm-train: no convergence plot ({error})")
+        return None
+    rank_zero_info(f"rcdm-train: convergence curves in {path}")
+    return path
+
+
 def train(cfg: DictConfig) -> Path:
     """Train (or resume) and return the path of the final checkpoint."""
     refuse_single_run_of_a_sweep()
@@ -203,6 +225,7 @@ def train(cfg: DictConfig) -> Path:
         trainer.save_checkpoint(last)
     # The write may run in a background thread (checkpoint_io): the checkpoint is on disk before anyone is told.
     trainer.strategy.checkpoint_io.teardown()
+    write_convergence_plot(Path(cfg.output_dir))
     rank_zero_info(f"rcdm-train: checkpoint {last} (step {trainer.global_step}); "
                    f"sample with: rcdm-sample ckpt={last} images=PATH")
     return last
