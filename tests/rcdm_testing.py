@@ -104,3 +104,33 @@ class RecordDraws(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(self.steps, self.out_dir / f"draws_rank{trainer.global_rank}.pt")
+
+
+def run_cli_in_process(*args: str) -> subprocess.CompletedProcess:
+    """Run an entry point's `main` in this interpreter (seconds faster than `run_cli`: no fresh imports).
+
+    For tests of what a bad command line gets -- its exit status and its stderr -- which need the command's own
+    argument handling, not a fresh process. stdout is not captured (Hydra's logging writes there).
+    """
+    import contextlib
+    import importlib
+    import io
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    module = {"rcdm-train": "rcdm_lab.cli.train", "rcdm-sample": "rcdm_lab.cli.sample",
+              "rcdm-probe": "rcdm_lab.cli.probe", "rcdm-eval": "rcdm_lab.cli.eval",
+              "rcdm-figure": "rcdm_lab.cli.figure"}[args[0]]
+    main = importlib.import_module(module).main
+    stderr, code, argv = io.StringIO(), 0, sys.argv
+    GlobalHydra.instance().clear()
+    sys.argv = [args[0], *args[1:]]
+    try:
+        with contextlib.redirect_stderr(stderr):
+            main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+    return subprocess.CompletedProcess(list(args), code, "", stderr.getvalue())

@@ -8,7 +8,7 @@ import torch
 from rcdm_lab.cli.train import train
 from rcdm_lab.errors import RCDMError
 from rcdm_lab.pipeline import RCDMPipeline
-from rcdm_testing import compose_train, run_cli, tiny_overrides
+from rcdm_testing import compose_train, run_cli, run_cli_in_process, tiny_overrides
 
 
 def _assert_clean_error(result, *fragments: str, code: int = 2) -> None:
@@ -19,18 +19,18 @@ def _assert_clean_error(result, *fragments: str, code: int = 2) -> None:
 
 
 def test_unknown_encoder_name_cli(tmp_path):
-    result = run_cli("rcdm-train", *tiny_overrides(tmp_path), "encoder.name=mobilenet_v3",
+    result = run_cli_in_process("rcdm-train", *tiny_overrides(tmp_path), "encoder.name=mobilenet_v3",
                      f"hydra.run.dir={tmp_path / 'run'}")
     _assert_clean_error(result, "error:", "mobilenet_v2")
 
 
 def test_unknown_encoder_config_cli(tmp_path):
-    result = run_cli("rcdm-train", "encoder=nope", f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_cli_in_process("rcdm-train", "encoder=nope", f"hydra.run.dir={tmp_path / 'run'}")
     _assert_clean_error(result, "encoder", "mobilenet_v2", code=1)   # Hydra lists the available options
 
 
 def test_unsupported_resolution_cli(tmp_path):
-    result = run_cli("rcdm-train", "resolution=48", f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_cli_in_process("rcdm-train", "resolution=48", f"hydra.run.dir={tmp_path / 'run'}")
     _assert_clean_error(result, "resolution", "32", code=1)
 
 
@@ -54,7 +54,8 @@ def test_empty_image_folder(tmp_path):
 
 
 def test_folder_without_root_names_the_override(tmp_path):
-    result = run_cli("rcdm-train", *tiny_overrides(tmp_path, "data=folder"), f"hydra.run.dir={tmp_path / 'run'}")
+    result = run_cli_in_process("rcdm-train", *tiny_overrides(tmp_path, "data=folder"),
+                                f"hydra.run.dir={tmp_path / 'run'}")
     _assert_clean_error(result, "data.dataset.root")
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rcdm_testing import run_cli
+from rcdm_testing import run_cli, run_cli_in_process
 
 FAST = ["sampling.steps=2", "sampling.progress=false", "logger=csv"]
 
@@ -57,5 +57,6 @@ def test_too_many_conditionings_names_the_fix(trained_checkpoint, tmp_path):
 def test_missing_checkpoint_and_unknown_metric_are_one_line_errors(tmp_path):
     missing = run_cli("rcdm-eval", f"ckpt={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path}")
     assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
-    unknown = run_cli("rcdm-eval", f"ckpt={tmp_path / 'nope.ckpt'}", "metric=[sharpness]")
+    unknown = run_cli_in_process("rcdm-eval", f"ckpt={tmp_path / 'nope.ckpt'}", "metric=[sharpness]",
+                                 f"hydra.run.dir={tmp_path / 'unknown'}")
     assert unknown.returncode != 0 and "sharpness" in unknown.stderr

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rcdm_testing import run_cli
+from rcdm_testing import run_cli, run_cli_in_process
 
 FAST = ["sampling.steps=2", "sampling.progress=false"]
 
@@ -39,7 +39,7 @@ def test_multirun_over_checkpoints(trained_checkpoint, tmp_path):
 def test_no_figure_kind_or_no_checkpoint_is_refused(tmp_path):
     no_kind = run_cli("rcdm-figure", "~figure", f"ckpt={tmp_path / 'x.ckpt'}", f"hydra.run.dir={tmp_path}")
     assert no_kind.returncode == 2 and "pass figure=<kind>, one of adversarial," in no_kind.stderr
-    no_model = run_cli("rcdm-figure", "figure=samples", f"hydra.run.dir={tmp_path}")
+    no_model = run_cli_in_process("rcdm-figure", "figure=samples", f"hydra.run.dir={tmp_path}")
     assert no_model.returncode == 2 and "ckpt=" in no_model.stderr
 
 

@@ -122,7 +122,7 @@ def test_wandb_logger_runs_offline_and_receives_the_sample_grids(tmp_path, monke
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
     train(compose_train(tmp_path, "logger=wandb", "trainer.max_steps=2"))
-    grids = list((tmp_path / "run" / "wandb").glob("offline-run-*/files/media/images/samples_*.png"))
+    grids = list((tmp_path / "run" / "wandb").glob("offline-run-*/files/media/images/samples/grid_*.png"))
     assert len(grids) == 1   # the step-2 grid (every_n_steps=2); the end-of-training one is the same step
 
 
