@@ -56,11 +56,15 @@ def compose_train(tmp: Path, *extra: str, config_name: str = "train"):
     return compose_config(config_name, *tiny_overrides(tmp, *extra), f"output_dir={tmp / 'run'}")
 
 
+# The console scripts the tests run, and the module whose `main` each one is.
+COMMAND_MODULES = {"rcdm-train": "rcdm_lab.cli.train", "rcdm-sample": "rcdm_lab.cli.sample",
+                   "rcdm-probe": "rcdm_lab.cli.probe", "rcdm-eval": "rcdm_lab.cli.eval",
+                   "rcdm-figure": "rcdm_lab.cli.figure"}
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run an rcdm_lab command-line entry point in a fresh interpreter."""
-    module = {"rcdm-train": "rcdm_lab.cli.train", "rcdm-sample": "rcdm_lab.cli.sample",
-              "rcdm-probe": "rcdm_lab.cli.probe", "rcdm-eval": "rcdm_lab.cli.eval",
-              "rcdm-figure": "rcdm_lab.cli.figure"}[args[0]]
+    module = COMMAND_MODULES[args[0]]
     # tests/ on the path, so a subprocess can instantiate test helpers such as RecordDraws from an override.
     paths = [str(REPO / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(paths)}
@@ -118,9 +122,7 @@ def run_cli_in_process(*args: str) -> subprocess.CompletedProcess:
 
     from hydra.core.global_hydra import GlobalHydra
 
-    module = {"rcdm-train": "rcdm_lab.cli.train", "rcdm-sample": "rcdm_lab.cli.sample",
-              "rcdm-probe": "rcdm_lab.cli.probe", "rcdm-eval": "rcdm_lab.cli.eval",
-              "rcdm-figure": "rcdm_lab.cli.figure"}[args[0]]
+    module = COMMAND_MODULES[args[0]]
     main = importlib.import_module(module).main
     stderr, code, argv = io.StringIO(), 0, sys.argv
     GlobalHydra.instance().clear()

@@ -52,8 +52,9 @@ def _enlarged(image01: torch.Tensor) -> Image.Image:
 class ViewerHandlers:
     """What each control of the page does; tested directly (tests/viewer/)."""
 
-    def __init__(self, session: ViewerSession) -> None:
+    def __init__(self, session: ViewerSession, thumbnails: int = 24) -> None:
         self.session = session
+        self.thumbnail_count = thumbnails   # validation images offered for picking
 
     # ------------------------------------------------------------------------------------------------ helpers
     @staticmethod
@@ -79,10 +80,10 @@ class ViewerHandlers:
             gr.Warning(message)   # also listed under the models, where it stays
         return self.models_markdown(), self.thumbnails()
 
-    def thumbnails(self, count: int = 24) -> list[Image.Image]:
+    def thumbnails(self) -> list[Image.Image]:
         if not self.session.models:
             return []
-        return self.session.validation_images(count, min_width=96)
+        return self.session.validation_images(self.thumbnail_count, min_width=96)
 
     @page_errors
     def samples(self, a_index, a_upload, sampler, steps, guidance, seed, k, factors,
@@ -195,7 +196,7 @@ def manipulation_markdown(view: View) -> str:
 # ------------------------------------------------------------------------------------------------ the page
 def build_app(session: ViewerSession, samples: int = 6, thumbnails: int = 24) -> gr.Blocks:
     """The page over `session`; `samples`: the starting samples per conditioning."""
-    handlers = ViewerHandlers(session)
+    handlers = ViewerHandlers(session, thumbnails)
     sampling = session.sampling
     with gr.Blocks(title="rcdm-viewer", analytics_enabled=False) as app:
         gr.Markdown("## rcdm-viewer — what does the representation keep?\nSamples from one h show what h keeps "
@@ -216,7 +217,7 @@ def build_app(session: ViewerSession, samples: int = 6, thumbnails: int = 24) ->
                                     height=160)
         with gr.Row():
             picks = gr.Radio(["A", "B"], value="A", label="a click on a validation image sets image", scale=1)
-            gallery = gr.Gallery(value=handlers.thumbnails(thumbnails), label="validation images", columns=12,
+            gallery = gr.Gallery(value=handlers.thumbnails(), label="validation images", columns=12,
                                  height=220, allow_preview=False, scale=6)
         with gr.Row():
             sampler = gr.Dropdown(list(SAMPLERS), value=sampling["sampler"], label="sampler")
