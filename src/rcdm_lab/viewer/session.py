@@ -43,10 +43,6 @@ class Picture:
     val_index: int = 0
     upload: str | None = None
 
-    @property
-    def name(self) -> str:
-        return Path(self.upload).name if self.upload else f"val {self.val_index}"
-
 
 @dataclass(frozen=True)
 class Controls:
